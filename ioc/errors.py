@@ -1,0 +1,27 @@
+"""One exception tree for the whole project; translated to HTTP only in `api`."""
+
+from __future__ import annotations
+
+
+class IocError(Exception):
+    """Base of every error ioc raises on purpose."""
+
+
+class ConfigError(IocError):
+    """A setting, a profile file or the environment is wrong; the message says which."""
+
+
+class ProfileError(ConfigError):
+    """A province profile or the sector catalogue failed validation."""
+
+
+class DatabaseError(IocError):
+    """The database could not be reached, started or migrated."""
+
+
+class BrokerError(IocError):
+    """The MQTT broker could not be reached or started."""
+
+
+class QueryError(IocError):
+    """A time-series question is malformed (unknown bucket, bad range, unknown function)."""

@@ -1,0 +1,284 @@
+"""ORM models of the ioc schema (DESIGN section 3); migrations create the same tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ioc.db import Base
+
+SOURCE_STATUSES = ("online", "offline", "unknown")
+SEVERITIES = ("info", "warning", "critical")
+ALERT_STATUSES = ("open", "acknowledged", "resolved")
+ROLES = ("admin", "operator", "analyst", "agency", "viewer")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Sector(Base):
+    """A sector of the operations center, synced from the active profile."""
+
+    __tablename__ = "sector"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name_vi: Mapped[str] = mapped_column(Text)
+    name_en: Mapped[str] = mapped_column(Text)
+    display_order: Mapped[int] = mapped_column(Integer)
+    colour: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    kpis: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"))
+    active: Mapped[bool] = mapped_column(server_default=text("true"))
+    profile: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _now()
+
+
+class Source(Base):
+    """A device, camera or feed of another system that reports readings or events."""
+
+    __tablename__ = "source"
+    __table_args__ = (
+        CheckConstraint(_in("status", SOURCE_STATUSES), name="status"),
+        Index(None, "sector_id"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    sector_id: Mapped[str] = mapped_column(ForeignKey("sector.id"))
+    name: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(Text)
+    district: Mapped[str | None] = mapped_column(Text)
+    latitude: Mapped[float | None] = mapped_column(Double)
+    longitude: Mapped[float | None] = mapped_column(Double)
+    interval_s: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'unknown'"))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Series(Base):
+    """One metric of one source; readings carry its small integer id."""
+
+    __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("source_id", "metric"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    metric: Mapped[str] = mapped_column(Text)
+    catalogued: Mapped[bool] = mapped_column(server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Reading(Base):
+    """A value of a series at a time (a hypertable under TimescaleDB).
+
+    No foreign key to `series`: it would cost a lookup per row on the hot ingest path, and
+    series rows are created before their readings and never deleted while readings exist.
+    """
+
+    __tablename__ = "reading"
+    __table_args__ = (PrimaryKeyConstraint("series_id", "ts"),)
+
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    series_id: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Double)
+
+
+class Event(Base):
+    """A report from a sector agency (incident, citizen report, outage)."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        CheckConstraint(_in("severity", SEVERITIES), name="severity"),
+        Index(None, "sector_id", "occurred_at"),
+        Index(
+            "uq_event_sector_id_external_ref",
+            "sector_id",
+            "external_ref",
+            unique=True,
+            postgresql_where=text("external_ref IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sector_id: Mapped[str] = mapped_column(ForeignKey("sector.id"))
+    source_id: Mapped[str | None] = mapped_column(ForeignKey("source.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    district: Mapped[str | None] = mapped_column(Text)
+    latitude: Mapped[float | None] = mapped_column(Double)
+    longitude: Mapped[float | None] = mapped_column(Double)
+    location: Mapped[str | None] = mapped_column(Text)
+    external_ref: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = _now()
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+
+
+class AlertRule(Base):
+    """A rule that opens alerts: a threshold, a silence, or a kind of agency event."""
+
+    __tablename__ = "alert_rule"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ("threshold", "silence", "event")), name="kind"),
+        CheckConstraint(_in("severity", SEVERITIES), name="severity"),
+        CheckConstraint("direction IS NULL OR direction IN ('above', 'below')", name="direction"),
+        UniqueConstraint("name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    sector_id: Mapped[str] = mapped_column(ForeignKey("sector.id"))
+    metric: Mapped[str | None] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    direction: Mapped[str | None] = mapped_column(Text)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    inclusive: Mapped[bool] = mapped_column(server_default=text("false"))
+    for_s: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    clear_at: Mapped[float | None] = mapped_column(Double)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    origin: Mapped[str] = mapped_column(Text, server_default=text("'user'"))
+    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class AlertState(Base):
+    """Evaluation state of a rule for one source, kept so a restart keeps a running timer."""
+
+    __tablename__ = "alert_state"
+    __table_args__ = (PrimaryKeyConstraint("rule_id", "source_id"),)
+
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rule.id", ondelete="CASCADE"))
+    source_id: Mapped[str] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(Text, server_default=text("'normal'"))
+    pending_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_value: Mapped[float | None] = mapped_column(Double)
+    last_ts: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = _now()
+
+
+class Alert(Base):
+    """An alert an operator acts on; at most one active alert per cause."""
+
+    __tablename__ = "alert"
+    __table_args__ = (
+        CheckConstraint(_in("status", ALERT_STATUSES), name="status"),
+        CheckConstraint(_in("severity", SEVERITIES), name="severity"),
+        Index(
+            "uq_alert_cause_key_active",
+            "cause_key",
+            unique=True,
+            postgresql_where=text("status <> 'resolved'"),
+        ),
+        Index(None, "sector_id", "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    cause_key: Mapped[str] = mapped_column(Text)
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("alert_rule.id", ondelete="SET NULL"))
+    sector_id: Mapped[str] = mapped_column(ForeignKey("sector.id"))
+    source_id: Mapped[str | None] = mapped_column(ForeignKey("source.id", ondelete="SET NULL"))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("event.id", ondelete="SET NULL"))
+    severity: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'open'"))
+    title: Mapped[str] = mapped_column(Text)
+    last_value: Mapped[float | None] = mapped_column(Double)
+    escalation_level: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    opened_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by: Mapped[str | None] = mapped_column(Text)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AlertEvent(Base):
+    """Append-only history of alerts; `id` is the websocket resume cursor."""
+
+    __tablename__ = "alert_event"
+    __table_args__ = (Index(None, "alert_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alert.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    at: Mapped[datetime] = _now()
+
+
+class ApiKey(Base):
+    """An API key, stored as a hash; the prefix identifies it in logs."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (
+        CheckConstraint(_in("role", ROLES), name="role"),
+        UniqueConstraint("prefix"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    sectors: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    created_at: Mapped[datetime] = _now()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditLog(Base):
+    """Who did what, for changes made through the API or CLI."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = _now()
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    target: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+
+
+class IngestReject(Base):
+    """A message or reading that ingest refused, kept whole with the reason."""
+
+    __tablename__ = "ingest_reject"
+    __table_args__ = (Index(None, "received_at"), Index(None, "reason"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = _now()
+    topic: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    source_id: Mapped[str | None] = mapped_column(Text)
