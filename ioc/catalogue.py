@@ -209,7 +209,7 @@ class _SectorEntry(_Strict):
     colour: str | None = None
     only_metrics: tuple[str, ...] | None = None
     metrics: tuple[dict[str, Any], ...] = ()
-    kpis: tuple[str, ...] = ()
+    kpis: tuple[str, ...] | None = None
 
 
 class _ProfileFile(_Strict):
@@ -312,13 +312,14 @@ def _resolve_sector(
         include={"name_vi", "name_en", "order", "colour"}, exclude_none=True
     )
     fields.update(overrides)
-    fields.setdefault("order", (index + 1) * 10)
+    # A profile lists its sectors in the order its screen shows them.
+    fields["order"] = entry.order if entry.order is not None else (index + 1) * 10
     if base is None and not {"name_vi", "name_en", "colour"} <= fields.keys():
         raise ProfileError(
             f"{where}: {path}: sector {entry.id!r} is not in the catalogue, so it needs "
             "name_vi, name_en, colour and metrics"
         )
-    kpis = entry.kpis or (base.kpis if base is not None else ())
+    kpis = entry.kpis if entry.kpis is not None else (base.kpis if base is not None else ())
     try:
         return Sector.model_validate({**fields, "metrics": metrics, "kpis": kpis})
     except ValidationError as exc:

@@ -1,0 +1,71 @@
+"""Session-wide services and per-test databases; see tests/support/services.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ioc.db import make_engine
+from tests.support.services import (
+    create_database,
+    drop_database,
+    migrated_template,
+    mqtt_broker,
+    postgres_server,
+    unique_name,
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """URL of the PostgreSQL server the tests use (any database on it)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> Iterator[str]:
+    """Name of a database migrated to head, cloned for each test that needs one."""
+    with migrated_template(pg_server) as name:
+        yield name
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    """A fresh migrated database for this test alone, dropped afterwards."""
+    name = unique_name("ioc_test")
+    url = create_database(pg_server, name, template=template_db)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: str) -> Iterator[str]:
+    """A fresh database with no tables, for migration tests."""
+    name = unique_name("ioc_empty")
+    url = create_database(pg_server, name)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An async engine on this test's database."""
+    eng = make_engine(db_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> Iterator[str]:
+    """URL of a real MQTT broker."""
+    with mqtt_broker() as url:
+        yield url
