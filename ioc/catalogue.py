@@ -312,6 +312,7 @@ def _resolve_sector(
         include={"name_vi", "name_en", "order", "colour"}, exclude_none=True
     )
     fields.update(overrides)
+    fields["id"] = entry.id
     # A profile lists its sectors in the order its screen shows them.
     fields["order"] = entry.order if entry.order is not None else (index + 1) * 10
     if base is None and not {"name_vi", "name_en", "colour"} <= fields.keys():
