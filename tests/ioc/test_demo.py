@@ -1,0 +1,49 @@
+"""`ioc demo` as a newcomer runs it: embedded database and broker, API ready, clean stop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from ioc.embedded_pg import free_port
+from tests.support.cli import IOC, clean_env
+from tests.support.services import shared_tmp
+
+pytestmark = pytest.mark.embedded
+
+READY_DEADLINE_S = 90
+
+
+def test_demo_serves_a_ready_api_and_stops_everything() -> None:
+    data_dir = shared_tmp("ioc-demo-")
+    port = free_port()
+    proc = subprocess.Popen(
+        [IOC, "demo", "--port", str(port)],
+        env=clean_env(IOC_DATA_DIR=str(data_dir), IOC_PROFILE="mekong"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        assert ready is not None and ready.status_code == 200, proc.poll()
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert (data_dir / "pgdata" / "postmaster.pid").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "ioc demo" in output and "mekong" in output
+    # the embedded PostgreSQL was stopped on exit
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
