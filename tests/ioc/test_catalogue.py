@@ -9,10 +9,29 @@ import pytest
 from ioc.catalogue import Direction, Severity, bundled_profile_names, load_catalogue, load_profile
 from ioc.errors import ProfileError
 
-BAC_LIEU = ["citizen_reports", "security", "traffic", "health", "education", "online_info",
-            "public_services", "hotline"]
-BINH_PHUOC = ["socio_economic", "public_services", "traffic", "security", "citizen_reports",
-              "health", "education", "land_construction", "infosec", "online_info", "tourism"]
+BAC_LIEU = [
+    "citizen_reports",
+    "security",
+    "traffic",
+    "health",
+    "education",
+    "online_info",
+    "public_services",
+    "hotline",
+]
+BINH_PHUOC = [
+    "socio_economic",
+    "public_services",
+    "traffic",
+    "security",
+    "citizen_reports",
+    "health",
+    "education",
+    "land_construction",
+    "infosec",
+    "online_info",
+    "tourism",
+]
 
 
 def test_three_profiles_are_bundled() -> None:
@@ -111,8 +130,9 @@ def test_an_unknown_sector_without_definition_is_refused(tmp_path: Path) -> None
 
 def test_unknown_fields_and_bad_yaml_are_refused(tmp_path: Path) -> None:
     typo = tmp_path / "typo.yaml"
-    typo.write_text("title_vi: x\ntitle_en: x\nsectors:\n  - id: water\n    colr: '#000000'\n",
-                    encoding="utf-8")
+    typo.write_text(
+        "title_vi: x\ntitle_en: x\nsectors:\n  - id: water\n    colr: '#000000'\n", encoding="utf-8"
+    )
     with pytest.raises(ProfileError, match=r"sectors\.0\.colr"):
         load_profile(str(typo))
     broken = tmp_path / "broken.yaml"

@@ -22,8 +22,16 @@ def test_profiles_show_json_has_the_documented_shape() -> None:
     water = next(s for s in profile["sectors"] if s["id"] == "water")
     assert {"id", "name_vi", "name_en", "metrics"} <= water.keys()
     salinity = next(m for m in water["metrics"] if m["id"] == "salinity")
-    assert {"id", "unit", "name_vi", "name_en", "min", "max", "interval_s",
-            "thresholds"} <= salinity.keys()
+    assert {
+        "id",
+        "unit",
+        "name_vi",
+        "name_en",
+        "min",
+        "max",
+        "interval_s",
+        "thresholds",
+    } <= salinity.keys()
     assert sorted(t["value"] for t in salinity["thresholds"]) == [1.0, 4.0]
 
 
@@ -58,12 +66,17 @@ def _one_line_error(out: object, *needles: str) -> None:
 
 def test_failures_exit_non_zero_with_one_line() -> None:
     _one_line_error(run_ioc("profiles", "show", "atlantis"), "unknown profile")
-    _one_line_error(run_ioc("db", "current", IOC_DATABASE_URL="mysql://x@y/z"),
-                    "IOC_DATABASE_URL")
+    _one_line_error(run_ioc("db", "current", IOC_DATABASE_URL="mysql://x@y/z"), "IOC_DATABASE_URL")
     _one_line_error(
         run_ioc("db", "current", IOC_DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere"),
         "cannot read revision",
     )
-    _one_line_error(run_ioc("serve", IOC_PROFILE="/nonexistent/profile.yaml",
-                            IOC_DATABASE_URL="postgresql://postgres@127.0.0.1:1/x"),
-                    "/nonexistent/profile.yaml", "cannot read profile")
+    _one_line_error(
+        run_ioc(
+            "serve",
+            IOC_PROFILE="/nonexistent/profile.yaml",
+            IOC_DATABASE_URL="postgresql://postgres@127.0.0.1:1/x",
+        ),
+        "/nonexistent/profile.yaml",
+        "cannot read profile",
+    )

@@ -24,7 +24,9 @@ def test_demo_serves_a_ready_api_and_stops_everything() -> None:
     proc = subprocess.Popen(
         [IOC, "demo", "--port", str(port)],
         env=clean_env(IOC_DATA_DIR=str(data_dir), IOC_PROFILE="mekong"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + READY_DEADLINE_S

@@ -30,8 +30,9 @@ def _round_trip(port: int) -> bytes:
     try:
         client.subscribe("ioc/v1/water/st-1/telemetry", qos=1)
         assert subscribed.wait(10)
-        client.publish("ioc/v1/water/st-1/telemetry", b'{"values":{"salinity":1.2}}',
-                       qos=1).wait_for_publish(10)
+        client.publish(
+            "ioc/v1/water/st-1/telemetry", b'{"values":{"salinity":1.2}}', qos=1
+        ).wait_for_publish(10)
         assert arrived.wait(10)
     finally:
         client.loop_stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,8 +17,8 @@ pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    yield shared_tmp("ioc-embedded-")
+def data_dir() -> Path:
+    return shared_tmp("ioc-embedded-")
 
 
 def test_migrations_up_and_down_on_embedded_postgres(data_dir: Path) -> None:
@@ -30,7 +29,8 @@ def test_migrations_up_and_down_on_embedded_postgres(data_dir: Path) -> None:
         with psycopg.connect(libpq_url(url)) as conn:
             version = conn.execute("SHOW server_version_num").fetchone()
             hypertable_ext = conn.execute(
-                "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+                "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchone()
         assert version is not None and int(str(version[0])) >= 150000
         assert hypertable_ext is None
         migrate.downgrade(url, "base")

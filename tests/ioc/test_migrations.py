@@ -12,8 +12,18 @@ from ioc import migrate
 from ioc.db import Base, libpq_url, sqlalchemy_url
 
 TABLES = {
-    "sector", "source", "series", "reading", "event", "alert_rule", "alert_state", "alert",
-    "alert_event", "api_key", "audit_log", "ingest_reject",
+    "sector",
+    "source",
+    "series",
+    "reading",
+    "event",
+    "alert_rule",
+    "alert_state",
+    "alert",
+    "alert_event",
+    "api_key",
+    "audit_log",
+    "ingest_reject",
 }
 
 
@@ -42,9 +52,11 @@ def test_upgrade_downgrade_upgrade_on_postgresql(empty_db_url: str) -> None:
 
 def test_plain_storage_has_range_scan_indexes_and_the_named_view(db_url: str) -> None:
     with psycopg.connect(libpq_url(db_url)) as conn:
-        indexes = dict(conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'reading'"
-        ).fetchall())
+        indexes = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'reading'"
+            ).fetchall()
+        )
         view = conn.execute("SELECT to_regclass('reading_named')").fetchone()
     assert "(series_id, ts)" in indexes["pk_reading"]
     assert "brin (ts)" in indexes["ix_reading_ts"]

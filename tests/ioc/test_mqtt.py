@@ -22,7 +22,12 @@ async def test_ping_a_closed_port_fails_with_the_address() -> None:
 def test_url_parts() -> None:
     ep = parse_mqtt_url("mqtts://op%40ioc:p%3Ass@broker.example:8884")
     assert (ep.host, ep.port, ep.username, ep.password, ep.tls) == (
-        "broker.example", 8884, "op@ioc", "p:ss", True)
+        "broker.example",
+        8884,
+        "op@ioc",
+        "p:ss",
+        True,
+    )
     assert parse_mqtt_url("mqtt://b").port == 1883
     with pytest.raises(ConfigError):
         parse_mqtt_url("http://b")

@@ -44,8 +44,7 @@ def test_switching_profile_keeps_old_sectors_but_inactive(db_url: str) -> None:
     assert len(active) == 11 and "hotline" not in active
     with psycopg.connect(libpq_url(db_url)) as conn:
         row = conn.execute("SELECT active FROM sector WHERE id = 'hotline'").fetchone()
-        metrics = conn.execute(
-            "SELECT metrics FROM sector WHERE id = 'socio_economic'").fetchone()
+        metrics = conn.execute("SELECT metrics FROM sector WHERE id = 'socio_economic'").fetchone()
     assert row == (False,)
     assert metrics is not None
     assert "cpi_yoy_pct" in {m["id"] for m in metrics[0]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -27,8 +28,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("label", ["1m", "5m", "15m", "30m", "1h", "2h", "6h", "12h", "1d",
-                                   "1w", "1mo"])
+@pytest.mark.parametrize(
+    "label", ["1m", "5m", "15m", "30m", "1h", "2h", "6h", "12h", "1d", "1w", "1mo"]
+)
 def test_supported_buckets_parse(label: str) -> None:
     assert Bucket.parse(label).label == label
 
@@ -43,8 +45,7 @@ def test_day_buckets_start_at_local_midnight() -> None:
     # 18:30 UTC on 1 March is 01:30 on 2 March in Viet Nam
     t = datetime(2026, 3, 1, 18, 30, tzinfo=UTC)
     assert bucket_floor(t, Bucket.parse("1d"), HCM) == datetime(2026, 3, 1, 17, 0, tzinfo=UTC)
-    assert bucket_floor(t, Bucket.parse("1d"), ZoneInfo("UTC")) == datetime(
-        2026, 3, 1, tzinfo=UTC)
+    assert bucket_floor(t, Bucket.parse("1d"), ZoneInfo("UTC")) == datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def test_weeks_start_on_monday_and_months_on_the_first_local_day() -> None:
@@ -54,23 +55,38 @@ def test_weeks_start_on_monday_and_months_on_the_first_local_day() -> None:
 
 
 def test_month_buckets_follow_the_calendar_across_a_year_end() -> None:
-    starts = list(bucket_starts(datetime(2025, 11, 20, tzinfo=UTC),
-                                datetime(2026, 2, 2, tzinfo=UTC), Bucket.parse("1mo"), HCM))
+    starts = list(
+        bucket_starts(
+            datetime(2025, 11, 20, tzinfo=UTC),
+            datetime(2026, 2, 2, tzinfo=UTC),
+            Bucket.parse("1mo"),
+            HCM,
+        )
+    )
     assert [s.astimezone(HCM).strftime("%Y-%m-%d %H:%M") for s in starts] == [
-        "2025-11-01 00:00", "2025-12-01 00:00", "2026-01-01 00:00", "2026-02-01 00:00"]
+        "2025-11-01 00:00",
+        "2025-12-01 00:00",
+        "2026-01-01 00:00",
+        "2026-02-01 00:00",
+    ]
 
 
 def test_the_local_day_of_a_daylight_saving_switch_is_23_hours() -> None:
-    starts = list(bucket_starts(datetime(2026, 3, 28, 12, tzinfo=UTC),
-                                datetime(2026, 3, 31, tzinfo=UTC), Bucket.parse("1d"), BERLIN))
-    widths = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    starts = list(
+        bucket_starts(
+            datetime(2026, 3, 28, 12, tzinfo=UTC),
+            datetime(2026, 3, 31, tzinfo=UTC),
+            Bucket.parse("1d"),
+            BERLIN,
+        )
+    )
+    widths = [b - a for a, b in pairwise(starts)]
     assert widths == [timedelta(hours=24), timedelta(hours=23), timedelta(hours=24)]
 
 
 def test_fixed_buckets_count_from_local_midnight() -> None:
     t = datetime(2026, 1, 1, 2, 40, tzinfo=UTC)  # 08:10 in Kolkata
-    assert bucket_floor(t, Bucket.parse("6h"), KOLKATA) == datetime(2026, 1, 1, 0, 30,
-                                                                      tzinfo=UTC)
+    assert bucket_floor(t, Bucket.parse("6h"), KOLKATA) == datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -102,11 +118,19 @@ def test_plain_postgresql_always_reads_raw_rows() -> None:
 
 
 def test_range_is_widened_to_whole_buckets() -> None:
-    p = plan(start=datetime(2026, 1, 1, 10, 7, tzinfo=UTC),
-             end=datetime(2026, 1, 1, 10, 52, tzinfo=UTC), bucket=Bucket.parse("15m"),
-             fn=Agg.AVG, tz=HCM, storage=Storage(), series_count=1)
-    assert (p.start, p.end) == (datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
-                                datetime(2026, 1, 1, 11, 0, tzinfo=UTC))
+    p = plan(
+        start=datetime(2026, 1, 1, 10, 7, tzinfo=UTC),
+        end=datetime(2026, 1, 1, 10, 52, tzinfo=UTC),
+        bucket=Bucket.parse("15m"),
+        fn=Agg.AVG,
+        tz=HCM,
+        storage=Storage(),
+        series_count=1,
+    )
+    assert (p.start, p.end) == (
+        datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+        datetime(2026, 1, 1, 11, 0, tzinfo=UTC),
+    )
 
 
 def test_questions_too_large_or_malformed_are_refused() -> None:

@@ -21,6 +21,10 @@ def clean_env(**overrides: str) -> dict[str, str]:
 def run_ioc(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `ioc ARGS...` to completion with IOC_* taken from `env` only."""
     return subprocess.run(
-        [IOC, *args], capture_output=True, text=True, timeout=timeout, env=clean_env(**env),
+        [IOC, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(**env),
         check=False,
     )

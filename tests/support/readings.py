@@ -58,13 +58,20 @@ def reference(
             groups[(sid, b)].append((ts, value))
     out: dict[tuple[int, datetime], float | int] = {}
     for key, items in groups.items():
-        values = [v for _, v in items]
-        out[key] = {
-            Agg.AVG: lambda: sum(values) / len(values),
-            Agg.MIN: lambda: min(values),
-            Agg.MAX: lambda: max(values),
-            Agg.SUM: lambda: sum(values),
-            Agg.COUNT: lambda: len(values),
-            Agg.LAST: lambda: max(items)[1],
-        }[agg]()
+        out[key] = _reduce(agg, items)
     return out
+
+
+def _reduce(agg: Agg, items: list[tuple[datetime, float]]) -> float | int:
+    values = [v for _, v in items]
+    if agg is Agg.AVG:
+        return sum(values) / len(values)
+    if agg is Agg.MIN:
+        return min(values)
+    if agg is Agg.MAX:
+        return max(values)
+    if agg is Agg.SUM:
+        return sum(values)
+    if agg is Agg.COUNT:
+        return len(values)
+    return max(items)[1]
