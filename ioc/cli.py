@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import orjson
 import typer
 from rich.console import Console
@@ -242,17 +241,8 @@ def demo(
 def main() -> None:
     """Entry point: run the CLI; an ioc error ends it with one line and exit code 1."""
     try:
-        code = app(standalone_mode=False)
+        app()  # standalone: typer reports usage errors itself and exits with code 2
     except IocError as exc:
         reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         err_console.print(f"[red]error:[/] {reason}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("[red]aborted[/]")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)

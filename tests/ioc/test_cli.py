@@ -80,3 +80,10 @@ def test_failures_exit_non_zero_with_one_line() -> None:
         "/nonexistent/profile.yaml",
         "cannot read profile",
     )
+
+
+def test_an_unknown_command_is_a_usage_error() -> None:
+    out = run_ioc("nope")
+    assert out.returncode == 2
+    assert "No such command 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
