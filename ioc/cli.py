@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Annotated
 
 import orjson
@@ -15,7 +19,7 @@ from rich.table import Table
 from ioc import migrate
 from ioc.catalogue import Profile, bundled_profile_names, load_profile
 from ioc.db import redact
-from ioc.errors import IocError
+from ioc.errors import ConfigError, IocError
 from ioc.logs import configure_logging
 from ioc.runtime import database, prepare
 from ioc.settings import Settings, get_settings
@@ -166,6 +170,19 @@ def profiles_show(
 # --- processes -----------------------------------------------------------------------------
 
 
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM (systemd, docker stop, kill) a clean stop, like Ctrl-C.
+
+    uvicorn shuts down gracefully on SIGTERM and then raises the signal again; without a
+    handler that would kill the process before the embedded database and broker are stopped.
+    """
+
+    def _stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def _hand_over(url: str, mqtt_url: str | None = None) -> None:
     """Pass resolved URLs to the app factory and child processes through the environment."""
     os.environ["IOC_DATABASE_URL"] = url
@@ -183,6 +200,7 @@ def serve(
     import uvicorn
 
     settings = _settings()
+    _exit_on_sigterm()
     with database(settings) as url:
         prepare(url, settings)
         _hand_over(url)
@@ -195,32 +213,152 @@ def serve(
         )
 
 
+@app.command("ingest")
+def ingest(
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes on the shared subscription.")
+    ] = 1,
+    index: Annotated[
+        int | None, typer.Option(hidden=True, help="Worker number (internal).")
+    ] = None,
+) -> None:
+    """Consume MQTT telemetry into the database (IOC_MQTT_URL required)."""
+    from ingest.worker import run_worker, supervise, worker_command
+
+    settings = _settings()
+    if settings.mqtt_url is None:
+        raise ConfigError("IOC_MQTT_URL is required: the broker to consume from")
+    mqtt_url = settings.mqtt_url.get_secret_value()
+    if workers > 1 and settings.mqtt_protocol != "5":
+        raise ConfigError(
+            "IOC_MQTT_PROTOCOL=3.1.1 has no shared subscriptions: run one worker (--workers 1)"
+        )
+    with database(settings) as url:
+        if index is None:  # the first process migrates and syncs; workers it starts need not
+            prepare(url, settings)
+        if index is None and workers > 1:
+            _hand_over(url, mqtt_url)
+            supervise(worker_command(), workers)
+            return
+        run_worker(
+            settings,
+            database_url=url,
+            mqtt_url=mqtt_url,
+            profile=load_profile(settings.profile),
+            index=index or 0,
+        )
+
+
+@app.command("simulate")
+def simulate(
+    profile: Annotated[
+        str | None, typer.Option(help="Profile to simulate (default: IOC_PROFILE).")
+    ] = None,
+    sources: Annotated[int, typer.Option(min=1, help="Number of simulated sources.")] = 50,
+    rate: Annotated[float, typer.Option(help="Messages per second, all sources together.")] = 10.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Samples per message (gateway batch).")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable run.")] = None,
+) -> None:
+    """Publish realistic telemetry for every sector of a profile (IOC_MQTT_URL required)."""
+    from ingest.simulator import SimulationConfig, run_simulation
+
+    settings = _settings()
+    if settings.mqtt_url is None:
+        raise ConfigError("IOC_MQTT_URL is required: the broker to publish to")
+    config = SimulationConfig(
+        profile=load_profile(profile or settings.profile),
+        sources=sources,
+        rate_per_s=rate,
+        duration_s=duration,
+        batch=batch,
+        seed=seed,
+        mqtt_protocol=settings.mqtt_protocol,
+    )
+    stats = run_simulation(
+        settings.mqtt_url.get_secret_value(), config, show_progress=True, console=console
+    )
+    console.print(
+        f"published {stats.messages} messages ({stats.readings} readings, "
+        f"{stats.bad_messages} deliberately bad) in {stats.elapsed_s:.1f} s, "
+        f"{stats.rate_per_s:.1f} msg/s; seed {stats.seed}"
+    )
+
+
+def _in_thread(name: str, target: Callable[[], object]) -> threading.Thread:
+    """Run `target` in a daemon thread; an error is logged, not lost."""
+
+    def run() -> None:
+        try:
+            target()
+        except Exception:
+            logging.getLogger("ioc.demo").exception("%s stopped with an error", name)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 @app.command("demo")
 def demo(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    sources: Annotated[int, typer.Option(min=1, help="Simulated sources.")] = 40,
+    rate: Annotated[float, typer.Option(help="Simulated messages per second.")] = 20.0,
 ) -> None:
-    """Run everything on this machine: embedded database and broker, profile, API."""
+    """Run everything on this machine: database, broker, ingest, simulator and API."""
     import uvicorn
 
+    from ingest.simulator import SimulationConfig, TelemetryPublisher
+    from ingest.worker import run_worker
     from ioc.embedded_broker import EmbeddedBroker
 
     settings = _settings()
     port = port or settings.http_port
+    profile = load_profile(settings.profile)
+    _exit_on_sigterm()
     with database(settings) as url:
-        done = prepare(url, settings)
+        done = prepare(url, settings, profile)
         broker = None
         mqtt_url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else None
         if mqtt_url is None:
             broker = EmbeddedBroker(settings.data_dir)
             mqtt_url = broker.start()
+        if broker is not None and broker.kind == "amqtt":
+            settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})  # no MQTT 5
+        stop = threading.Event()
+        threads: list[threading.Thread] = []
         try:
             _hand_over(url, mqtt_url)
+            os.environ["IOC_MQTT_PROTOCOL"] = settings.mqtt_protocol
+            threads.append(
+                _in_thread(
+                    "ingest",
+                    lambda: run_worker(
+                        settings, database_url=url, mqtt_url=mqtt_url, profile=profile, stop=stop
+                    ),
+                )
+            )
+            simulator = TelemetryPublisher(
+                mqtt_url,
+                SimulationConfig(
+                    profile=profile,
+                    sources=sources,
+                    rate_per_s=rate,
+                    mqtt_protocol=settings.mqtt_protocol,
+                ),
+                stop=stop,
+            )
+            threads.insert(0, _in_thread("simulator", simulator.run))
             console.print(
                 Panel.fit(
                     f"profile  [bold]{done.sync.profile}[/] ({done.sync.sectors_written} sectors "
                     f"written)\ndatabase {redact(url)}\nbroker   {mqtt_url}"
                     + (f" ({broker.kind})" if broker else "")
+                    + f"\ningest   1 worker (MQTT {settings.mqtt_protocol})"
+                    + f"\nsimulate {sources} sources, {rate:g} msg/s"
                     + f"\nAPI      http://{host}:{port}  (docs: /docs, health: /readyz)"
                     f"\ndata     {settings.data_dir}\n[dim]Ctrl-C stops everything.[/]",
                     title="ioc demo",
@@ -234,6 +372,9 @@ def demo(
                 log_level=settings.log_level.lower(),
             )
         finally:
+            stop.set()
+            for thread in threads:  # the simulator first, then ingest commits what it holds
+                thread.join(timeout=60)
             if broker is not None:
                 broker.stop()
 

@@ -105,8 +105,13 @@ class EmbeddedBroker:
         conf = self.data_dir / "mosquitto.conf"
         assert self.port is not None
         conf.write_text(_mosquitto_conf(self.port, store))
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground group, and
+        # the broker must outlive the ingest worker's last acknowledgements; stop() ends it.
         self._proc = subprocess.Popen(  # noqa: S603
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         proc = self._proc
         try:

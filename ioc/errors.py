@@ -25,3 +25,16 @@ class BrokerError(IocError):
 
 class QueryError(IocError):
     """A time-series question is malformed (unknown bucket, bad range, unknown function)."""
+
+
+class IngestError(IocError):
+    """Ingest could not take input: the reason is a short code, the detail says what."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class DecodeError(IngestError):
+    """A message could not be decoded as a whole (bad topic, malformed payload, too large)."""

@@ -36,4 +36,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Alembic narrates every step at INFO; ioc reports the outcome itself.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    for chatty in ("alembic", "amqtt", "transitions"):  # routine steps logged at INFO
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -122,6 +122,13 @@ class Event(Base):
             unique=True,
             postgresql_where=text("external_ref IS NOT NULL"),
         ),
+        Index(
+            "uq_event_sector_id_dedup_key",
+            "sector_id",
+            "dedup_key",
+            unique=True,
+            postgresql_where=text("dedup_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -136,6 +143,8 @@ class Event(Base):
     longitude: Mapped[float | None] = mapped_column(Double)
     location: Mapped[str | None] = mapped_column(Text)
     external_ref: Mapped[str | None] = mapped_column(Text)
+    # digest of source and payload: a redelivered event without external_ref is stored once
+    dedup_key: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = _now()
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))

@@ -6,7 +6,13 @@ import asyncio
 import ssl
 import struct
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ioc.errors import BrokerError, ConfigError
 
@@ -89,3 +95,49 @@ async def ping_broker(endpoint: MqttEndpoint, *, timeout_s: float = 3.0) -> None
         raise BrokerError(f"broker {endpoint.host}:{endpoint.port} did not answer") from None
     except (OSError, asyncio.IncompleteReadError) as exc:
         raise BrokerError(f"broker {endpoint.host}:{endpoint.port} unreachable: {exc}") from None
+
+
+Protocol = Literal["5", "3.1.1"]
+
+
+def paho_client(
+    endpoint: MqttEndpoint,
+    client_id: str = "",
+    *,
+    manual_ack: bool = False,
+    protocol: Protocol = "5",
+    persistent: bool = False,
+) -> paho.Client:
+    """A paho client for `endpoint` (MQTT 5 unless told 3.1.1), credentials and TLS set.
+
+    `persistent` matters for 3.1.1 only (clean session off); MQTT 5 sets it when connecting.
+    """
+    if protocol == "5":
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+    else:
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=not persistent,
+            manual_ack=manual_ack,
+        )
+    if endpoint.username is not None:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    if endpoint.tls:
+        client.tls_set_context(ssl.create_default_context())
+    return client
+
+
+def connect_properties(*, session_expiry_s: int, receive_maximum: int | None = None) -> Properties:
+    """CONNECT properties: keep the session `session_expiry_s` seconds; cap unacked messages."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
+    return props

