@@ -1,1 +1,1 @@
-"""ingest package."""
+"""From a sensor, camera or agency system to a stored reading: decode, validate, write."""

@@ -1,0 +1,206 @@
+"""The MQTT consumer: shared subscription, persistent session, ack only after commit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest import metrics
+from ingest.items import Item, build_item
+from ingest.topics import SUBSCRIPTION, is_outbound
+from ingest.validation import Rules
+from ingest.writer import Writer
+from ioc.errors import BrokerError
+from ioc.mqtt import Protocol, connect_properties, paho_client, parse_mqtt_url
+
+log = logging.getLogger("ioc.ingest.consumer")
+
+KEEPALIVE_S: Final = 30
+CONNECT_TIMEOUT_S: Final = 10.0
+RECONNECT_MIN_S: Final = 1
+RECONNECT_MAX_S: Final = 30
+ACK_FLUSH_S: Final = 2.0
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """How the consumer connects and what it accepts."""
+
+    mqtt_url: str
+    client_id: str
+    session_expiry_s: int = 7 * 24 * 3600
+    max_payload_bytes: int = 256 * 1024
+    receive_maximum: int = 1000
+    subscription: str = SUBSCRIPTION
+    protocol: Protocol = "5"
+
+
+class Consumer:
+    """Feeds MQTT messages through decode and validation into a writer; acks after commit."""
+
+    def __init__(self, config: ConsumerConfig, *, rules: Rules, writer: Writer) -> None:
+        self.config = config
+        self.rules = rules
+        self.writer = writer
+        self._endpoint = parse_mqtt_url(config.mqtt_url)
+        self._client = paho_client(
+            self._endpoint,
+            config.client_id,
+            manual_ack=True,
+            protocol=config.protocol,
+            persistent=True,
+        )
+        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        # A message's ack is valid only on the connection that delivered it: after a
+        # reconnect the broker redelivers unacked messages and may reuse their packet ids.
+        self._generation = 0
+        self._connected = threading.Event()
+        self._accepting = True
+        self.session_present: bool | None = None
+        self.received = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (BrokerError if the broker cannot be reached) and start consuming."""
+        try:
+            if self.config.protocol == "5":
+                self._client.connect(
+                    self._endpoint.host,
+                    self._endpoint.port,
+                    keepalive=KEEPALIVE_S,
+                    clean_start=False,
+                    properties=connect_properties(
+                        session_expiry_s=self.config.session_expiry_s,
+                        receive_maximum=self.config.receive_maximum,
+                    ),
+                )
+            else:  # 3.1.1: the persistent session comes from clean_session=False
+                self._client.connect(
+                    self._endpoint.host, self._endpoint.port, keepalive=KEEPALIVE_S
+                )
+        except OSError as exc:
+            raise BrokerError(
+                f"MQTT broker {self._endpoint.host}:{self._endpoint.port} unreachable: {exc}"
+            ) from None
+        self._client.loop_start()
+        if not self._connected.wait(CONNECT_TIMEOUT_S):
+            self._client.loop_stop()
+            raise BrokerError(
+                f"MQTT broker {self._endpoint.host}:{self._endpoint.port} did not accept "
+                f"the connection of {self.config.client_id!r}"
+            )
+
+    def stop(self, *, drain_timeout_s: float = 30.0) -> bool:
+        """Stop taking messages, commit and ack what is queued, disconnect (session kept)."""
+        self._accepting = False
+        drained = self.writer.stop(timeout_s=drain_timeout_s)
+        deadline = time.monotonic() + ACK_FLUSH_S
+        while self._client.want_write() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the network thread sends the last acks
+        self._client.disconnect()
+        self._client.loop_stop()
+        return drained
+
+    @property
+    def connected(self) -> bool:
+        """Whether the consumer is connected right now."""
+        return self._connected.is_set()
+
+    # -- callbacks (network thread) --------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection", extra={"reason": str(reason_code)})
+            return
+        self._generation += 1
+        self.session_present = flags.session_present
+        if self.config.protocol == "5":
+            client.subscribe(self.config.subscription, options=SubscribeOptions(qos=1))
+        else:
+            client.subscribe(self.config.subscription, qos=1)
+        log.info(
+            "connected to broker",
+            extra={
+                "client_id": self.config.client_id,
+                "session_present": flags.session_present,
+                "subscription": self.config.subscription,
+            },
+        )
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        self._connected.clear()
+        if self._accepting:
+            log.warning("disconnected from broker", extra={"reason": str(reason_code)})
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        generation, mid, qos = self._generation, msg.mid, msg.qos
+        topic = msg.topic
+        if is_outbound(topic):
+            self._ack(generation, mid, qos)  # our own alert publications: not input
+            return
+        if not self._accepting:
+            return  # not acked: redelivered to the next session
+        self.received += 1
+        payload = msg.payload
+        item = build_item(
+            topic,
+            payload if isinstance(payload, bytes) else bytes(payload),
+            received_at=datetime.now(UTC),
+            rules=self.rules,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+        kind = topic.rsplit("/", 1)[-1]
+        metrics.MESSAGES.labels(kind if kind in _KINDS else "other").inc()
+        if qos > 0:
+            item.done = _Acker(self, generation, mid, qos)
+        # Blocks while the writer's queue is full: the broker then holds the backlog.
+        self.writer.submit(item)
+
+    def _ack(self, generation: int, mid: int, qos: int) -> None:
+        if qos > 0 and generation == self._generation:
+            self._client.ack(mid, qos)
+
+
+_KINDS: Final = frozenset(("telemetry", "senml", "status", "event"))
+
+
+class _Acker:
+    """Acknowledges one message once the writer committed it."""
+
+    __slots__ = ("consumer", "generation", "mid", "qos")
+
+    def __init__(self, consumer: Consumer, generation: int, mid: int, qos: int) -> None:
+        self.consumer = consumer
+        self.generation = generation
+        self.mid = mid
+        self.qos = qos
+
+    def __call__(self, item: Item) -> None:
+        self.consumer._ack(self.generation, self.mid, self.qos)
