@@ -16,7 +16,7 @@ from ingest.consumer import Consumer, ConsumerConfig
 from ingest.metrics import StatsLogger
 from ingest.topics import PLAIN_SUBSCRIPTION
 from ingest.validation import Rules
-from ingest.writer import BatchHook, Writer
+from ingest.writer import AfterCommit, BatchHook, Writer
 from ioc.catalogue import Profile
 from ioc.settings import Settings
 
@@ -36,7 +36,12 @@ def rules_for(settings: Settings, profile: Profile) -> Rules:
     )
 
 
-def writer_for(settings: Settings, database_url: str, hooks: Sequence[BatchHook] = ()) -> Writer:
+def writer_for(
+    settings: Settings,
+    database_url: str,
+    hooks: Sequence[BatchHook] = (),
+    after_commit: Sequence[AfterCommit] = (),
+) -> Writer:
     """A writer configured from the ingest settings."""
     return Writer(
         database_url,
@@ -45,6 +50,7 @@ def writer_for(settings: Settings, database_url: str, hooks: Sequence[BatchHook]
         queue_max_bytes=settings.ingest_queue_max_bytes,
         strict_sources=settings.ingest_strict_sources,
         hooks=hooks,
+        after_commit=after_commit,
     )
 
 
@@ -56,10 +62,11 @@ def run_worker(
     profile: Profile,
     index: int = 0,
     stop: threading.Event | None = None,
+    after_commit: Sequence[AfterCommit] = (),
 ) -> None:
     """Consume until `stop` is set (or SIGTERM/SIGINT when `stop` is None)."""
     stop = stop or _stop_on_signals()
-    writer = writer_for(settings, database_url)
+    writer = writer_for(settings, database_url, after_commit=after_commit)
     consumer = Consumer(
         ConsumerConfig(
             mqtt_url=mqtt_url,

@@ -31,7 +31,7 @@ BACKOFF_START_S: Final = 0.2
 BACKOFF_MAX_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5
 
-_STAGE_DDL: Final = (
+STAGE_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS reading_stage "
     "(ts timestamptz NOT NULL, series_id integer NOT NULL, value double precision NOT NULL) "
     "ON COMMIT DELETE ROWS"
@@ -55,7 +55,7 @@ SELECT s.id, s.source_id, s.metric FROM series s
 JOIN unnest(%s::text[], %s::text[]) AS k(source_id, metric)
   ON s.source_id = k.source_id AND s.metric = k.metric
 """
-_MOVE_STAGE: Final = (
+MOVE_STAGE: Final = (
     "INSERT INTO reading (ts, series_id, value) "
     "SELECT ts, series_id, value FROM reading_stage ORDER BY series_id, ts "
     "ON CONFLICT DO NOTHING"
@@ -89,6 +89,9 @@ class Batch:
 
 
 BatchHook = Callable[[psycopg.Connection[tuple[object, ...]], Batch], None]
+"""Runs inside the batch transaction, before the commit (the alert engine)."""
+AfterCommit = Callable[[Batch, datetime], None]
+"""Runs on the writer thread once a batch committed, with the commit time (notifiers)."""
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -108,6 +111,7 @@ class Writer:
         queue_max_bytes: int = 64 * 1024 * 1024,
         strict_sources: bool = False,
         hooks: Sequence[BatchHook] = (),
+        after_commit: Sequence[AfterCommit] = (),
         name: str = "ingest-writer",
     ) -> None:
         self._conninfo = libpq_url(database_url)
@@ -116,6 +120,7 @@ class Writer:
         self.queue_max_bytes = queue_max_bytes
         self.strict_sources = strict_sources
         self.hooks = list(hooks)
+        self.after_commit = list(after_commit)
         self._queue: deque[Item] = deque()
         self._rows = 0
         self._bytes = 0
@@ -272,7 +277,7 @@ class Writer:
             self._conn = psycopg.connect(
                 self._conninfo, connect_timeout=CONNECT_TIMEOUT_S, application_name="ioc-ingest"
             )
-            self._conn.execute(_STAGE_DDL)
+            self._conn.execute(STAGE_DDL)
             self._conn.commit()
         return self._conn
 
@@ -315,6 +320,11 @@ class Writer:
         self.batches += 1
         committed = datetime.now(UTC)
         self._count(batch, committed, time.perf_counter() - started)
+        for observer in self.after_commit:
+            try:
+                observer(batch, committed)
+            except Exception:
+                log.exception("after-commit observer failed")
 
     def _reject_unknown_sources(
         self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]
@@ -407,7 +417,7 @@ class Writer:
             cp.set_types(["timestamptz", "int4", "float8"])
             for sid, _, _, ts, value in out:
                 cp.write_row((ts, sid, value))
-        cur.execute(_MOVE_STAGE)
+        cur.execute(MOVE_STAGE)
         batch.stored = max(cur.rowcount, 0)
 
     @staticmethod

@@ -243,6 +243,29 @@ def test_hooks_run_inside_the_batch_transaction(synced_db: str) -> None:
     ]
 
 
+def test_after_commit_observers_see_each_committed_batch_and_may_fail(synced_db: str) -> None:
+    committed: list[tuple[int, int, datetime]] = []
+
+    def visible_rows(batch: Batch, at: datetime) -> None:
+        # runs after the commit: another connection already sees the rows
+        rows = query(synced_db, "SELECT count(*) FROM reading")[0][0]
+        committed.append((len(batch.readings), rows, at))
+
+    def broken(batch: Batch, at: datetime) -> None:
+        raise RuntimeError("an observer that fails must not stop the writer")
+
+    before = datetime.now(UTC)
+    writer = Writer(synced_db, after_commit=[broken, visible_rows])
+    writer.start()
+    try:
+        _submit_and_wait(writer, _item("obs-1", {"salinity": 1.0, "water_level": 2.0}))
+        _submit_and_wait(writer, _item("obs-2", {"salinity": 1.5}))
+    finally:
+        writer.stop()
+    assert [(n, rows) for n, rows, _ in committed] == [(2, 2), (1, 3)]
+    assert all(before <= at <= datetime.now(UTC) for _, _, at in committed)
+
+
 def test_uncatalogued_metrics_get_a_marked_series(synced_db: str) -> None:
     rules = Rules.from_profile(load_profile("mekong"), unknown_metrics="accept")
     writer = Writer(synced_db)
