@@ -37,13 +37,14 @@ STAGE_DDL: Final = (
     "ON COMMIT DELETE ROWS"
 )
 _UPSERT_SOURCES: Final = """
-INSERT INTO source AS s (id, sector_id, status, last_seen_at)
-SELECT id, sector_id, coalesce(status, 'unknown'), last_seen_at
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])
-     AS u(id, sector_id, status, last_seen_at)
+INSERT INTO source AS s (id, sector_id, status, last_seen_at, last_reading_at)
+SELECT id, sector_id, coalesce(status, 'unknown'), last_seen_at, last_reading_at
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+     AS u(id, sector_id, status, last_seen_at, last_reading_at)
 ON CONFLICT (id) DO UPDATE
 SET status = CASE WHEN excluded.status = 'unknown' THEN s.status ELSE excluded.status END,
-    last_seen_at = greatest(s.last_seen_at, excluded.last_seen_at)
+    last_seen_at = greatest(s.last_seen_at, excluded.last_seen_at),
+    last_reading_at = greatest(s.last_reading_at, excluded.last_reading_at)
 """
 _INSERT_SERIES: Final = """
 INSERT INTO series (source_id, metric, catalogued)
@@ -355,11 +356,14 @@ class Writer:
             if not (item.readings or item.status or item.event):
                 continue
             # status: readings mean online, a status message says; an event alone says nothing
-            row = seen.setdefault(item.source_id, [item.sector, None, None])
+            # [sector, status, newest reading time, last receipt of readings]
+            row = seen.setdefault(item.source_id, [item.sector, None, None, None])
             if item.readings:
                 newest = max(r.ts for r in item.readings)
                 last = row[2]
                 row[2] = newest if last is None or newest > last else last  # type: ignore[operator]
+                got = row[3]
+                row[3] = item.received_at if got is None or item.received_at > got else got  # type: ignore[operator]
                 row[1] = "online"
             if item.status is not None:
                 row[1] = item.status
@@ -368,7 +372,7 @@ class Writer:
         ids = sorted(seen)  # one lock order for every worker: no deadlock between them
         cur.execute(
             _UPSERT_SOURCES,
-            (ids, [seen[i][0] for i in ids], [seen[i][1] for i in ids], [seen[i][2] for i in ids]),
+            [ids, *([seen[i][k] for i in ids] for k in range(4))],
         )
 
     def _series_ids(

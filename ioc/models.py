@@ -76,6 +76,8 @@ class Source(Base):
     interval_s: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(Text, server_default=text("'unknown'"))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # receipt time of the last message with readings (silence ignores status pings)
+    last_reading_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     created_at: Mapped[datetime] = _now()
 
@@ -159,6 +161,8 @@ class AlertRule(Base):
         CheckConstraint(_in("severity", SEVERITIES), name="severity"),
         CheckConstraint("direction IS NULL OR direction IN ('above', 'below')", name="direction"),
         UniqueConstraint("name"),
+        UniqueConstraint("seed_key"),
+        Index(None, "sector_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -175,6 +179,11 @@ class AlertRule(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     origin: Mapped[str] = mapped_column(Text, server_default=text("'user'"))
     enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    district: Mapped[str | None] = mapped_column(Text)  # scope: one district of the sector
+    source_id: Mapped[str | None] = mapped_column(Text)  # scope: one source
+    manual_resolve: Mapped[bool] = mapped_column(server_default=text("false"))
+    seed_key: Mapped[str | None] = mapped_column(Text)  # set on rules seeded from the profile
+    seed_digest: Mapped[str | None] = mapped_column(Text)  # definition as seeded
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -191,6 +200,7 @@ class AlertState(Base):
     pending_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_value: Mapped[float | None] = mapped_column(Double)
     last_ts: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    alert_id: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = _now()
 
 
@@ -208,6 +218,12 @@ class Alert(Base):
             postgresql_where=text("status <> 'resolved'"),
         ),
         Index(None, "sector_id", "opened_at"),
+        Index(
+            "ix_alert_active_status_severity",
+            "status",
+            "severity",
+            postgresql_where=text("status <> 'resolved'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -226,6 +242,12 @@ class Alert(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_by: Mapped[str | None] = mapped_column(Text)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rule_kind: Mapped[str | None] = mapped_column(Text)
+    metric: Mapped[str | None] = mapped_column(Text)
+    occurrences: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
 
 
 class AlertEvent(Base):
@@ -241,6 +263,34 @@ class AlertEvent(Base):
     status: Mapped[str] = mapped_column(Text)
     actor: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    at: Mapped[datetime] = _now()
+
+
+class NotifyCursor(Base):
+    """How far a notifier channel has delivered the alert events (by `alert_event.id`)."""
+
+    __tablename__ = "notify_cursor"
+
+    channel: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    updated_at: Mapped[datetime] = _now()
+
+
+class AlertDelivery(Base):
+    """One attempt to deliver an alert event on a channel (MQTT, a webhook), and its outcome."""
+
+    __tablename__ = "alert_delivery"
+    __table_args__ = (Index(None, "alert_event_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alert_event_id: Mapped[int] = mapped_column(
+        ForeignKey("alert_event.id", ondelete="CASCADE")
+    )
+    channel: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[bool]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = _now()
 
 

@@ -20,6 +20,8 @@ TABLES = {
     "alert_rule",
     "alert_state",
     "alert",
+    "alert_delivery",
+    "notify_cursor",
     "alert_event",
     "api_key",
     "audit_log",

@@ -1,0 +1,125 @@
+"""Alert rules as plain values, and an index that finds the rules a reading can match."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+RuleKind = Literal["threshold", "silence", "event"]
+Severity = Literal["info", "warning", "critical"]
+Direction = Literal["above", "below"]
+
+SEVERITY_RANK: Final[Mapping[str, int]] = MappingProxyType({"info": 0, "warning": 1, "critical": 2})
+OPERATORS: Final[Mapping[str, tuple[Direction, bool]]] = MappingProxyType(
+    {">": ("above", False), ">=": ("above", True), "<": ("below", False), "<=": ("below", True)}
+)
+
+# silence: the default allowance is this many expected reporting intervals
+SILENCE_FACTOR_DEFAULT: Final = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One enabled alert rule, as the engine uses it."""
+
+    id: int
+    name: str
+    kind: RuleKind
+    sector: str
+    severity: Severity
+    metric: str | None = None
+    direction: Direction | None = None
+    value: float | None = None
+    inclusive: bool = False
+    for_s: int = 0
+    clear_at: float | None = None
+    district: str | None = None
+    source_id: str | None = None
+    manual_resolve: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def operator(self) -> str:
+        """The comparison as an operator symbol (`>`, `>=`, `<`, `<=`)."""
+        if self.direction is None:
+            return ""
+        return {"above": ">", "below": "<"}[self.direction] + ("=" if self.inclusive else "")
+
+    def breached(self, value: float) -> bool:
+        """Whether a value is on the abnormal side of the threshold."""
+        if self.value is None:
+            return False
+        if self.direction == "above":
+            return value >= self.value if self.inclusive else value > self.value
+        return value <= self.value if self.inclusive else value < self.value
+
+    def cleared(self, value: float) -> bool:
+        """Whether a value ends a firing condition: past the clear value (hysteresis), or
+        simply no longer breached when the rule has none."""
+        if self.clear_at is None:
+            return not self.breached(value)
+        if self.direction == "above":
+            return value < self.clear_at
+        return value > self.clear_at
+
+    def covers(self, source_id: str, district: str | None) -> bool:
+        """Whether the rule's scope includes a source of its sector."""
+        if self.source_id is not None:
+            return source_id == self.source_id
+        if self.district is not None:
+            return district == self.district
+        return True
+
+    def silence_after_s(self, interval_s: float | None) -> float | None:
+        """Seconds without readings after which a source is silent (None: cannot tell)."""
+        fixed = self.params.get("after_s")
+        if fixed is not None:
+            return float(fixed)
+        if interval_s is None:
+            return None
+        return float(self.params.get("factor", SILENCE_FACTOR_DEFAULT)) * interval_s
+
+    def matches_event(self, kind: str, severity: str) -> bool:
+        """Whether an agency event of this kind and severity opens an alert by this rule."""
+        kinds = self.params.get("kinds")
+        if kinds and kind not in kinds:
+            return False
+        return SEVERITY_RANK[severity] >= SEVERITY_RANK[self.severity]
+
+
+class RuleIndex:
+    """Enabled rules by what they watch: (sector, metric) for thresholds, sector otherwise."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.id))
+        self.by_id = {r.id: r for r in self.rules}
+        self._thresholds: dict[tuple[str, str], list[Rule]] = {}
+        self._silence: dict[str, list[Rule]] = {}
+        self._events: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            if rule.kind == "threshold" and rule.metric is not None:
+                self._thresholds.setdefault((rule.sector, rule.metric), []).append(rule)
+            elif rule.kind == "silence":
+                self._silence.setdefault(rule.sector, []).append(rule)
+            elif rule.kind == "event":
+                self._events.setdefault(rule.sector, []).append(rule)
+        self.uses_districts = any(r.district is not None for r in self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def thresholds(self, sector: str, metric: str) -> list[Rule]:
+        """Threshold rules on one metric of a sector."""
+        return self._thresholds.get((sector, metric), [])
+
+    def silence(self, sector: str | None = None) -> list[Rule]:
+        """Silence rules of a sector (all sectors when None)."""
+        if sector is None:
+            return [r for rules in self._silence.values() for r in rules]
+        return self._silence.get(sector, [])
+
+    def events(self, sector: str) -> list[Rule]:
+        """Event rules of a sector."""
+        return self._events.get(sector, [])
