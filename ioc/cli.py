@@ -63,7 +63,10 @@ def db_upgrade(
             console.print(
                 f"database {redact(url)} at revision [bold]{done.revision}[/]; profile "
                 f"[bold]{done.sync.profile}[/]: {done.sync.sectors_written} sector(s) written, "
-                f"{done.sync.sectors_deactivated} deactivated"
+                f"{done.sync.sectors_deactivated} deactivated; alert rules: "
+                f"{done.sync.rules.inserted} added, {done.sync.rules.updated} updated, "
+                f"{done.sync.rules.kept_operator_changes} kept as an operator changed them, "
+                f"{done.sync.rules.disabled} disabled"
             )
         else:
             migrate.upgrade(

@@ -283,9 +283,7 @@ class AlertDelivery(Base):
     __table_args__ = (Index(None, "alert_event_id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    alert_event_id: Mapped[int] = mapped_column(
-        ForeignKey("alert_event.id", ondelete="CASCADE")
-    )
+    alert_event_id: Mapped[int] = mapped_column(ForeignKey("alert_event.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer)
     ok: Mapped[bool]

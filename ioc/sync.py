@@ -8,6 +8,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from ioc.catalogue import Profile
+from ioc.rule_seed import SeedReport, seed_rules
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class SyncReport:
     profile: str
     sectors_written: int
     sectors_deactivated: int
+    rules: SeedReport
 
 
 _UPSERT_SECTOR = text(
@@ -39,8 +41,8 @@ _UPSERT_SECTOR = text(
 
 
 def sync_profile(conn: Connection, profile: Profile) -> SyncReport:
-    """Upsert the profile's sectors; sectors no longer in it stay (sources refer to them) but
-    are marked inactive. The caller owns the transaction."""
+    """Upsert the profile's sectors and seed its alert rules; sectors no longer in it stay
+    (sources refer to them) but are marked inactive. The caller owns the transaction."""
     written = 0
     for sector in profile.sectors:
         result = conn.execute(
@@ -67,4 +69,5 @@ def sync_profile(conn: Connection, profile: Profile) -> SyncReport:
         ),
         {"ids": ids},
     )
-    return SyncReport(profile.name, written, gone.rowcount)
+    rules = seed_rules(conn, profile)
+    return SyncReport(profile.name, written, gone.rowcount, rules)
