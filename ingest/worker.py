@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+from alerts.engine import AlertEngine
 from ingest.consumer import Consumer, ConsumerConfig
 from ingest.metrics import StatsLogger
 from ingest.topics import PLAIN_SUBSCRIPTION
@@ -36,13 +37,22 @@ def rules_for(settings: Settings, profile: Profile) -> Rules:
     )
 
 
+def default_hooks(settings: Settings) -> list[BatchHook]:
+    """What runs inside each batch transaction: the alert engine, unless disabled."""
+    if not settings.alerts_enabled:
+        return []
+    return [AlertEngine(reopen_window_s=settings.alerts_reopen_window_s)]
+
+
 def writer_for(
     settings: Settings,
     database_url: str,
-    hooks: Sequence[BatchHook] = (),
+    hooks: Sequence[BatchHook] | None = None,
     after_commit: Sequence[AfterCommit] = (),
 ) -> Writer:
-    """A writer configured from the ingest settings."""
+    """A writer configured from the ingest settings (default hooks: the alert engine)."""
+    if hooks is None:
+        hooks = default_hooks(settings)
     return Writer(
         database_url,
         max_batch_rows=settings.ingest_max_batch_rows,

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=4_294_967_295)
     ingest_stats_interval_s: float = Field(default=60.0, gt=0)
 
+    # alerts (issue 4)
+    alerts_enabled: bool = Field(
+        default=True, description="evaluate alert rules inside each ingest batch"
+    )
+    alerts_reopen_window_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="a condition that fires again this soon after its alert resolved reopens "
+        "that alert instead of opening a new one (0: never)",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:

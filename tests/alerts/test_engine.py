@@ -1,0 +1,252 @@
+"""The alert engine inside real ingest batches on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import psycopg
+import pytest
+
+from alerts import lifecycle
+from alerts.engine import AlertEngine
+from ingest.items import Item, build_item
+from ingest.writer import Writer
+from ioc.db import libpq_url
+from tests.support.ingest import RULES, query, sync, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+# a recent hour, so readings are neither in the future nor older than the retention
+T0 = (datetime.now(UTC) - timedelta(hours=6)).replace(second=0, microsecond=0)
+WARNING_KEY = "water/salinity/above/warning"  # >= 1 g/L held 15 minutes, clears below 0.8
+
+
+@pytest.fixture
+def synced_db(db_url: str) -> str:
+    sync(db_url)  # sectors and the profile's seeded rules
+    return db_url
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def telemetry(source: str, samples: list[tuple[float, float]], metric: str = "salinity") -> Item:
+    """One gateway message with (minute, value) samples of one metric."""
+    body = [{"ts": int(at(m).timestamp() * 1000), "values": {metric: v}} for m, v in samples]
+    return build_item(
+        f"ioc/v1/water/{source}/telemetry",
+        orjson.dumps(body),
+        received_at=datetime.now(UTC),
+        rules=RULES,
+        max_payload_bytes=1 << 20,
+    )
+
+
+def event(source: str, severity: str, ref: str) -> Item:
+    doc = {"kind": "dike_breach", "severity": severity, "title": "Sạt lở đê", "external_ref": ref}
+    return build_item(
+        f"ioc/v1/water/{source}/event",
+        orjson.dumps(doc),
+        received_at=datetime.now(UTC),
+        rules=RULES,
+        max_payload_bytes=1 << 20,
+    )
+
+
+@contextmanager
+def engine_writer(db_url: str, **engine_args: float) -> Iterator[Writer]:
+    """A writer with its own alert engine, as one ingest worker has."""
+    writer = Writer(db_url, hooks=[AlertEngine(**engine_args)])
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop()
+
+
+def feed(writer: Writer, *items: Item) -> None:
+    """Submit items one after another, each committed before the next."""
+    for item in items:
+        done = threading.Event()
+        item.done = lambda _item, done=done: done.set()
+        assert writer.submit(item, timeout_s=30)
+        assert done.wait(30), writer.last_error
+
+
+def alerts(db_url: str) -> list[tuple[object, ...]]:
+    return query(
+        db_url,
+        "SELECT a.source_id, a.status, a.severity, a.last_value, a.occurrences, r.seed_key "
+        "FROM alert a LEFT JOIN alert_rule r ON r.id = a.rule_id ORDER BY a.id",
+    )
+
+
+def history(db_url: str) -> list[tuple[object, ...]]:
+    return query(db_url, "SELECT alert_id, kind, status, actor FROM alert_event ORDER BY id")
+
+
+def test_a_breach_held_for_its_duration_opens_one_alert_and_clearing_resolves_it(
+    synced_db: str,
+) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-1", [(m, 1.2) for m in range(10)]))
+        assert alerts(synced_db) == []  # 9 minutes so far: not yet
+        feed(writer, telemetry("tram-1", [(m, 1.3) for m in range(10, 20)]))
+        assert alerts(synced_db) == [("tram-1", "open", "warning", 1.3, 1, WARNING_KEY)]
+        feed(writer, telemetry("tram-1", [(20, 0.9), (21, 0.85)]))  # inside the band: holds
+        assert alerts(synced_db)[0][1:4] == ("open", "warning", 0.85)
+        feed(writer, telemetry("tram-1", [(22, 0.7)]))
+    assert alerts(synced_db)[0][1] == "resolved"
+    assert [(k, s, a) for _, k, s, a in history(synced_db)] == [
+        ("opened", "open", "system"),
+        ("resolved", "resolved", "engine"),
+    ]
+
+
+def test_noisy_data_around_the_threshold_keeps_one_alert(synced_db: str) -> None:
+    noise = [0.95, 1.05, 0.85, 1.4, 0.82, 1.0, 0.99, 1.01] * 5
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-2", [(m, 1.5) for m in range(16)]))
+        feed(writer, telemetry("tram-2", [(16 + i, v) for i, v in enumerate(noise)]))
+    assert [(s, st) for s, st, *_ in alerts(synced_db)] == [("tram-2", "open")]
+    assert [k for _, k, _, _ in history(synced_db)] == ["opened"]
+
+
+def test_a_restart_in_the_middle_of_a_duration_keeps_the_timer(synced_db: str) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-3", [(m, 1.5) for m in range(8)]))
+    state = query(
+        synced_db,
+        "SELECT s.state, s.pending_since FROM alert_state s JOIN alert_rule r ON r.id = s.rule_id "
+        "WHERE r.seed_key = %s AND s.source_id = 'tram-3'",
+        (WARNING_KEY,),
+    )
+    assert state == [("pending", at(0))]
+    with engine_writer(synced_db) as writer:  # a new process: a new engine, state from the DB
+        feed(writer, telemetry("tram-3", [(m, 1.5) for m in range(8, 16)]))
+    opened = query(synced_db, "SELECT detail->>'since' FROM alert WHERE source_id = 'tram-3'")
+    assert opened == [(at(0).isoformat(),)]
+
+
+def test_a_redelivered_message_changes_no_alert(synced_db: str) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-4", [(m, 1.5) for m in range(16)]))
+        feed(writer, telemetry("tram-4", [(m, 1.5) for m in range(16)]))
+        feed(writer, telemetry("tram-4", [(16, 0.5)]))
+        feed(writer, telemetry("tram-4", [(m, 1.5) for m in range(16)]))  # late: ignored
+    assert [k for _, k, _, _ in history(synced_db)] == ["opened", "resolved"]
+
+
+def test_firing_again_soon_after_resolution_reopens_the_same_alert(synced_db: str) -> None:
+    with engine_writer(synced_db, reopen_window_s=3600) as writer:
+        feed(writer, telemetry("tram-5", [(m, 1.5) for m in range(16)]))
+        feed(writer, telemetry("tram-5", [(16, 0.5)]))
+        feed(writer, telemetry("tram-5", [(m, 1.6) for m in range(17, 33)]))
+    assert alerts(synced_db) == [("tram-5", "open", "warning", 1.6, 2, WARNING_KEY)]
+    assert [k for _, k, _, _ in history(synced_db)] == ["opened", "resolved", "reopened"]
+
+
+def test_an_agency_event_at_or_above_the_rule_severity_opens_a_linked_alert(
+    synced_db: str,
+) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, event("agency-1", "info", "E-1"))  # below the seeded warning rule
+        feed(writer, event("agency-1", "critical", "E-2"))
+        feed(writer, event("agency-1", "critical", "E-2"))  # redelivered: stored once
+    rows = query(
+        synced_db,
+        "SELECT a.severity, a.title, e.external_ref, a.rule_kind FROM alert a "
+        "JOIN event e ON e.id = a.event_id",
+    )
+    assert rows == [("critical", "Sạt lở đê", "E-2", "event")]
+
+
+def test_two_workers_feeding_one_source_keep_exactly_one_active_alert(synced_db: str) -> None:
+    """Two engines on two connections race on the same (rule, source) pair."""
+    with (
+        engine_writer(synced_db, reopen_window_s=0) as w1,
+        engine_writer(synced_db, reopen_window_s=0) as w2,
+    ):
+        # interleaved minutes, each worker sends alternate readings: both see the breach
+        def run(writer: Writer, parity: int) -> None:
+            for block in range(6):
+                base = block * 40
+                breach = [(base + m, 1.5) for m in range(parity, 20, 2)]
+                calm = [(base + 20 + m, 0.5) for m in range(parity, 20, 2)]
+                feed(writer, telemetry("tram-6", breach))
+                feed(writer, telemetry("tram-6", calm))
+
+        threads = [threading.Thread(target=run, args=(w, p)) for p, w in enumerate((w1, w2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    rows = query(
+        synced_db,
+        "SELECT count(*) FILTER (WHERE status <> 'resolved'), count(*) FROM alert "
+        "WHERE source_id = 'tram-6'",
+    )
+    active, total = rows[0]
+    assert isinstance(active, int) and isinstance(total, int)
+    assert active <= 1
+    assert 1 <= total <= 6
+    # no batch failed on the one-active-alert index: every reading stored, nothing rejected
+    assert query(synced_db, "SELECT reason, detail FROM ingest_reject") == []
+    assert query(synced_db, "SELECT count(*) FROM reading") == [(6 * 40,)]
+    assert query(
+        synced_db,
+        "SELECT count(*) FROM (SELECT cause_key FROM alert WHERE status <> 'resolved' "
+        "GROUP BY cause_key HAVING count(*) > 1) dup",
+    ) == [(0,)]
+
+
+def test_acknowledge_and_resolve_record_actors_and_history(synced_db: str) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-7", [(m, 2.0) for m in range(16)]))
+    (alert_id,) = query(synced_db, "SELECT id FROM alert")[0]
+    assert isinstance(alert_id, int)
+    with psycopg.connect(libpq_url(synced_db)) as conn:
+        lifecycle.acknowledge(conn, alert_id, actor="operator:lan", note="đang xử lý")
+        conn.commit()
+        with pytest.raises(lifecycle.AlertConflict):
+            lifecycle.acknowledge(conn, alert_id, actor="operator:minh")
+        conn.rollback()
+        lifecycle.resolve(conn, alert_id, actor="operator:lan", note="đã đóng cống")
+        conn.commit()
+        with pytest.raises(lifecycle.AlertNotFound):
+            lifecycle.resolve(conn, 999_999, actor="operator:lan")
+    row = query(
+        synced_db,
+        "SELECT status, acknowledged_by, resolved_by FROM alert WHERE id = %s",
+        (alert_id,),
+    )
+    assert row == [("resolved", "operator:lan", "operator:lan")]
+    assert [(k, a) for _, k, _, a in history(synced_db)] == [
+        ("opened", "system"),
+        ("acknowledged", "operator:lan"),
+        ("resolved", "operator:lan"),
+    ]
+    notes = query(synced_db, "SELECT detail->>'note' FROM alert_event ORDER BY id")
+    assert notes == [(None,), ("đang xử lý",), ("đã đóng cống",)]
+
+
+def test_every_alert_event_is_notified_with_its_id(synced_db: str) -> None:
+    with psycopg.connect(libpq_url(synced_db), autocommit=True) as listener:
+        listener.execute("LISTEN ioc_alert_event")
+        with engine_writer(synced_db) as writer:
+            feed(writer, telemetry("tram-8", [(m, 1.5) for m in range(16)]))
+            feed(writer, telemetry("tram-8", [(16, 0.1)]))
+        got: list[int] = []
+
+        def drained() -> bool:
+            got.extend(int(n.payload) for n in listener.notifies(timeout=0.2, stop_after=10))
+            return len(got) >= 2
+
+        wait_until(drained, what="two notifications")
+    ids = [int(str(r[0])) for r in query(synced_db, "SELECT id FROM alert_event ORDER BY id")]
+    assert got == ids
