@@ -7,16 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import psycopg
 import pytest
 
 from alerts import lifecycle
 from alerts.engine import AlertEngine
-from ingest.items import Item, build_item
+from ingest.items import Item
 from ingest.writer import Writer
 from ioc.db import libpq_url
-from tests.support.ingest import RULES, query, sync, wait_until
+from tests.support.ingest import make_item, query, sync, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,24 +37,12 @@ def at(minutes: float) -> datetime:
 def telemetry(source: str, samples: list[tuple[float, float]], metric: str = "salinity") -> Item:
     """One gateway message with (minute, value) samples of one metric."""
     body = [{"ts": int(at(m).timestamp() * 1000), "values": {metric: v}} for m, v in samples]
-    return build_item(
-        f"ioc/v1/water/{source}/telemetry",
-        orjson.dumps(body),
-        received_at=datetime.now(UTC),
-        rules=RULES,
-        max_payload_bytes=1 << 20,
-    )
+    return make_item(f"ioc/v1/water/{source}/telemetry", body)
 
 
 def event(source: str, severity: str, ref: str) -> Item:
     doc = {"kind": "dike_breach", "severity": severity, "title": "Sạt lở đê", "external_ref": ref}
-    return build_item(
-        f"ioc/v1/water/{source}/event",
-        orjson.dumps(doc),
-        received_at=datetime.now(UTC),
-        rules=RULES,
-        max_payload_bytes=1 << 20,
-    )
+    return make_item(f"ioc/v1/water/{source}/event", doc)
 
 
 @contextmanager

@@ -8,14 +8,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
 import paho.mqtt.client as paho
 import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from ingest.consumer import Consumer, ConsumerConfig
+from ingest.items import Item, build_item
 from ingest.validation import Rules
 from ingest.writer import Writer
 from ioc.catalogue import Profile, load_profile
@@ -55,6 +58,17 @@ def wait_until(probe: Callable[[], T], *, timeout_s: float = 30.0, what: str = "
         time.sleep(0.05)
         last = probe()
     return last
+
+
+def make_item(topic: str, body: object, *, rules: Rules = RULES) -> Item:
+    """An item as a worker builds it from one message (JSON of `body`) received now."""
+    return build_item(
+        topic,
+        orjson.dumps(body),
+        received_at=datetime.now(UTC),
+        rules=rules,
+        max_payload_bytes=1 << 20,
+    )
 
 
 def unique(prefix: str) -> str:
