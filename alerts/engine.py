@@ -55,9 +55,12 @@ FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::timestampt
 WHERE s.rule_id = u.rule_id AND s.source_id = u.source_id
 """
 _SILENCE_RECOVERED: Final = """
-UPDATE alert_state SET state = 'normal', alert_id = NULL, updated_at = now()
-WHERE rule_id = ANY(%s) AND source_id = ANY(%s) AND state = 'firing'
-RETURNING rule_id, source_id, alert_id
+UPDATE alert_state s SET state = 'normal', alert_id = NULL, updated_at = now()
+FROM (SELECT rule_id, source_id, alert_id FROM alert_state
+      WHERE rule_id = ANY(%s) AND source_id = ANY(%s) AND state = 'firing'
+      ORDER BY rule_id, source_id FOR UPDATE) AS old
+WHERE s.rule_id = old.rule_id AND s.source_id = old.source_id
+RETURNING old.rule_id, old.source_id, old.alert_id
 """
 
 

@@ -171,6 +171,13 @@ def close(
     )
     if cur.fetchone() is None:
         return None
+    # a threshold that still holds should alert again after its duration, not stay mute
+    cur.execute(
+        "UPDATE alert_state SET state = 'normal', pending_since = NULL, alert_id = NULL, "
+        "updated_at = now() WHERE alert_id = %s "
+        "AND rule_id IN (SELECT id FROM alert_rule WHERE kind = 'threshold')",
+        (alert_id,),
+    )
     return record(cur, alert_id, "resolved", actor=actor, detail=detail)
 
 
@@ -190,6 +197,8 @@ def escalate(cur: Cursor, alert_id: int, level: int, *, detail: dict[str, Any]) 
 
 
 def _status(cur: Cursor, alert_id: int) -> str:
+    # rule state before alert: the order the engine locks them in
+    cur.execute("SELECT 1 FROM alert_state WHERE alert_id = %s FOR UPDATE", (alert_id,))
     cur.execute("SELECT status FROM alert WHERE id = %s FOR UPDATE", (alert_id,))
     row = cur.fetchone()
     if row is None:

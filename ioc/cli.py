@@ -252,6 +252,41 @@ def ingest(
         )
 
 
+@app.command("alerts")
+def alerts_command(
+    once: Annotated[bool, typer.Option(help="Sweep once and exit.")] = False,
+) -> None:
+    """Run the alert sweeper: silence, escalation, auto-resolution (several may run at once)."""
+    import threading
+
+    from alerts.sweeper import Sweeper, sweep_config
+
+    settings = _settings()
+    _exit_on_sigterm()
+    with database(settings) as url:
+        prepare(url, settings)
+        sweeper = Sweeper(url, sweep_config(settings), interval_s=settings.alerts_sweep_interval_s)
+        stop = threading.Event()
+        if once:
+            stop.set()
+            sweeper.sweep_now()
+            report = sweeper.last
+            assert report is not None
+            console.print(
+                f"sweep: {report.silenced} silent source(s), {report.escalated} escalated, "
+                f"{report.auto_resolved} auto-resolved"
+                + ("" if report.ran else " (another sweeper held the lock)")
+            )
+            return
+        console.print(
+            f"alert sweeper running every {settings.alerts_sweep_interval_s:g} s (Ctrl-C stops)"
+        )
+        try:
+            sweeper.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+
+
 @app.command("simulate")
 def simulate(
     profile: Annotated[

@@ -77,6 +77,16 @@ class Settings(BaseSettings):
         description="a condition that fires again this soon after its alert resolved reopens "
         "that alert instead of opening a new one (0: never)",
     )
+    alerts_sweep_interval_s: float = Field(default=15.0, gt=0, le=3600)
+    alerts_escalate_after_s: float = Field(
+        default=900.0, gt=0, description="an unacknowledged critical alert escalates this often"
+    )
+    alerts_escalate_max_level: int = Field(default=3, ge=0, le=20)
+    alerts_auto_resolve_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="an alert nothing confirmed for this long resolves itself (0: never)",
+    )
 
     @field_validator("database_url")
     @classmethod

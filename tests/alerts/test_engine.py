@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
 from alerts import lifecycle
-from alerts.engine import AlertEngine
 from ingest.items import Item
 from ingest.writer import Writer
 from ioc.db import libpq_url
+from tests.support.alerts import engine_writer, feed
 from tests.support.ingest import make_item, query, sync, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,26 +41,6 @@ def telemetry(source: str, samples: list[tuple[float, float]], metric: str = "sa
 def event(source: str, severity: str, ref: str) -> Item:
     doc = {"kind": "dike_breach", "severity": severity, "title": "Sạt lở đê", "external_ref": ref}
     return make_item(f"ioc/v1/water/{source}/event", doc)
-
-
-@contextmanager
-def engine_writer(db_url: str, **engine_args: float) -> Iterator[Writer]:
-    """A writer with its own alert engine, as one ingest worker has."""
-    writer = Writer(db_url, hooks=[AlertEngine(**engine_args)])
-    writer.start()
-    try:
-        yield writer
-    finally:
-        writer.stop()
-
-
-def feed(writer: Writer, *items: Item) -> None:
-    """Submit items one after another, each committed before the next."""
-    for item in items:
-        done = threading.Event()
-        item.done = lambda _item, done=done: done.set()
-        assert writer.submit(item, timeout_s=30)
-        assert done.wait(30), writer.last_error
 
 
 def alerts(db_url: str) -> list[tuple[object, ...]]:

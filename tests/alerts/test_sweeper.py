@@ -1,0 +1,137 @@
+"""The sweeper on a real PostgreSQL: silence, escalation, auto-resolution, several sweepers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from alerts import lifecycle
+from alerts.sweeper import SWEEP_LOCK_KEY, SweepConfig, SweepReport, sweep
+from ingest.items import Item
+from ioc.db import libpq_url
+from tests.support.alerts import engine_writer, feed
+from tests.support.cli import run_ioc
+from tests.support.ingest import make_item, query, sync
+
+pytestmark = pytest.mark.timeout(120)
+
+QUIET = SweepConfig(escalate_max_level=0, auto_resolve_s=0)  # silence only
+
+
+@pytest.fixture
+def synced_db(db_url: str) -> str:
+    sync(db_url)
+    return db_url
+
+
+def salinity(source: str, value: float = 0.5) -> Item:
+    return make_item(f"ioc/v1/water/{source}/telemetry", {"values": {"salinity": value}})
+
+
+def status(source: str) -> Item:
+    return make_item(f"ioc/v1/water/{source}/status", "online")
+
+
+def run_sweep(db_url: str, config: SweepConfig, now: datetime) -> SweepReport:
+    with psycopg.connect(libpq_url(db_url)) as conn:
+        return sweep(conn, config, now=now)
+
+
+def silence_alerts(db_url: str) -> list[tuple[object, ...]]:
+    return query(
+        db_url,
+        "SELECT source_id, status, resolved_by FROM alert WHERE rule_kind = 'silence' ORDER BY id",
+    )
+
+
+def test_a_silent_source_gets_one_alert_per_silent_period(synced_db: str) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, salinity("tram-a"), salinity("tram-b"))
+        now = datetime.now(UTC)
+        # salinity is expected every 300 s; silent after 3 x 300 s
+        assert run_sweep(synced_db, QUIET, now + timedelta(minutes=14)).silenced == 0
+        later = now + timedelta(minutes=16)
+        assert run_sweep(synced_db, QUIET, later).silenced == 2
+        assert run_sweep(synced_db, QUIET, later + timedelta(minutes=5)).silenced == 0
+        assert silence_alerts(synced_db) == [("tram-a", "open", None), ("tram-b", "open", None)]
+        # a status ping is not a reading: tram-a stays silent; readings bring tram-b back
+        feed(writer, status("tram-a"), salinity("tram-b"))
+        assert silence_alerts(synced_db) == [
+            ("tram-a", "open", None),
+            ("tram-b", "resolved", "engine"),
+        ]
+        # silent again later: a new silent period, a new alert
+        assert run_sweep(synced_db, QUIET, later + timedelta(minutes=40)).silenced == 1
+    assert [s for s, st, _ in silence_alerts(synced_db) if st == "open"] == ["tram-a", "tram-b"]
+    assert len(silence_alerts(synced_db)) == 3
+
+
+def test_a_source_that_never_sent_readings_is_not_silent(synced_db: str) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, status("tram-c"))
+    assert run_sweep(synced_db, QUIET, datetime.now(UTC) + timedelta(days=1)).silenced == 0
+
+
+def _critical_alert(db_url: str, source: str) -> int:
+    with psycopg.connect(libpq_url(db_url)) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO source (id, sector_id) VALUES (%s, 'water')", (source,))
+        rule = query(db_url, "SELECT id FROM alert_rule WHERE seed_key = 'water/events'")[0][0]
+        assert isinstance(rule, int)
+        cause = lifecycle.Cause(
+            key=lifecycle.cause_key(rule, source),
+            sector="water",
+            severity="critical",
+            title="test",
+            rule_id=rule,
+            rule_kind="event",
+            source_id=source,
+        )
+        alert_id, _ = lifecycle.fire(cur, cause, value=None, at=datetime.now(UTC))
+        return alert_id
+
+
+def test_an_unacknowledged_critical_alert_escalates_every_period_up_to_the_limit(
+    synced_db: str,
+) -> None:
+    config = SweepConfig(escalate_after_s=600, escalate_max_level=2, auto_resolve_s=0)
+    taken = _critical_alert(synced_db, "tram-d")
+    left = _critical_alert(synced_db, "tram-e")
+    with psycopg.connect(libpq_url(synced_db)) as conn:
+        lifecycle.acknowledge(conn, taken, actor="operator:an")
+    now = datetime.now(UTC)
+    assert run_sweep(synced_db, config, now + timedelta(minutes=9)).escalated == 0
+    assert run_sweep(synced_db, config, now + timedelta(minutes=11)).escalated == 1
+    assert run_sweep(synced_db, config, now + timedelta(minutes=12)).escalated == 0
+    assert run_sweep(synced_db, config, now + timedelta(minutes=21)).escalated == 1
+    assert run_sweep(synced_db, config, now + timedelta(hours=5)).escalated == 0  # at the limit
+    levels = query(synced_db, "SELECT id, escalation_level FROM alert ORDER BY id")
+    assert levels == [(taken, 0), (left, 2)]
+    kinds = query(
+        synced_db, "SELECT kind, detail->>'level' FROM alert_event WHERE alert_id = %s", (left,)
+    )
+    assert kinds == [("opened", None), ("escalated", "1"), ("escalated", "2")]
+
+
+def test_alerts_nothing_confirmed_for_long_resolve_themselves(synced_db: str) -> None:
+    alert_id = _critical_alert(synced_db, "tram-f")
+    config = SweepConfig(escalate_max_level=0, auto_resolve_s=3600)
+    now = datetime.now(UTC)
+    assert run_sweep(synced_db, config, now + timedelta(minutes=30)).auto_resolved == 0
+    assert run_sweep(synced_db, config, now + timedelta(minutes=61)).auto_resolved == 1
+    row = query(synced_db, "SELECT status, resolved_by FROM alert WHERE id = %s", (alert_id,))
+    assert row == [("resolved", "sweeper")]
+
+
+def test_a_second_sweeper_skips_the_round_while_one_sweeps(synced_db: str) -> None:
+    with psycopg.connect(libpq_url(synced_db)) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (SWEEP_LOCK_KEY,))
+        assert run_sweep(synced_db, QUIET, datetime.now(UTC)).ran is False
+    assert run_sweep(synced_db, QUIET, datetime.now(UTC)).ran is True
+
+
+def test_ioc_alerts_once(synced_db: str) -> None:
+    done = run_ioc("alerts", "--once", IOC_DATABASE_URL=synced_db, IOC_PROFILE="mekong")
+    assert done.returncode == 0, done.stderr
+    assert "sweep: 0 silent source(s), 0 escalated, 0 auto-resolved" in done.stdout
