@@ -256,7 +256,7 @@ def ingest(
 def alerts_command(
     once: Annotated[bool, typer.Option(help="Sweep once and exit.")] = False,
 ) -> None:
-    """Run the alert sweeper: silence, escalation, auto-resolution (several may run at once)."""
+    """Run the alert sweeper and notifiers (MQTT, webhooks); several may run at once."""
     import threading
 
     from alerts.sweeper import Sweeper, sweep_config
@@ -279,12 +279,15 @@ def alerts_command(
             )
             return
         console.print(
-            f"alert sweeper running every {settings.alerts_sweep_interval_s:g} s (Ctrl-C stops)"
+            f"alerts: sweeping every {settings.alerts_sweep_interval_s:g} s, notifying "
+            f"{len(settings.alerts_webhooks)} webhook(s)"
+            + (" and MQTT" if settings.alerts_mqtt and settings.mqtt_url else "")
+            + " (Ctrl-C stops)"
         )
-        try:
-            sweeper.run(stop)
-        except KeyboardInterrupt:
-            stop.set()
+        from alerts.service import run_alerts
+
+        # SIGTERM and Ctrl-C end the wait; run_alerts stops its threads on the way out
+        run_alerts(settings, database_url=url, stop=stop)
 
 
 @app.command("simulate")
@@ -346,7 +349,7 @@ def demo(
     sources: Annotated[int, typer.Option(min=1, help="Simulated sources.")] = 40,
     rate: Annotated[float, typer.Option(help="Simulated messages per second.")] = 20.0,
 ) -> None:
-    """Run everything on this machine: database, broker, ingest, simulator and API."""
+    """Run everything on this machine: database, broker, ingest, alerts, simulator and API."""
     import uvicorn
 
     from ingest.simulator import SimulationConfig, TelemetryPublisher
@@ -390,6 +393,17 @@ def demo(
                 stop=stop,
             )
             threads.insert(0, _in_thread("simulator", simulator.run))
+            from pydantic import SecretStr
+
+            from alerts.service import run_alerts
+
+            alert_settings = settings.model_copy(update={"mqtt_url": SecretStr(mqtt_url)})
+            threads.append(
+                _in_thread(
+                    "alerts",
+                    lambda: run_alerts(alert_settings, database_url=url, stop=stop),
+                )
+            )
             console.print(
                 Panel.fit(
                     f"profile  [bold]{done.sync.profile}[/] ({done.sync.sectors_written} sectors "
@@ -397,6 +411,7 @@ def demo(
                     + (f" ({broker.kind})" if broker else "")
                     + f"\ningest   1 worker (MQTT {settings.mqtt_protocol})"
                     + f"\nsimulate {sources} sources, {rate:g} msg/s"
+                    + "\nalerts   rules from the profile; sweeper; notifier on MQTT"
                     + f"\nAPI      http://{host}:{port}  (docs: /docs, health: /readyz)"
                     f"\ndata     {settings.data_dir}\n[dim]Ctrl-C stops everything.[/]",
                     title="ioc demo",

@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ioc.errors import ConfigError
@@ -24,6 +24,18 @@ def default_data_dir() -> Path:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib/ioc")
     return Path(platformdirs.user_data_dir("ioc", appauthor=False))
+
+
+class WebhookConfig(BaseModel):
+    """One webhook receiver (from `IOC_ALERTS_WEBHOOKS`, a JSON list of these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr | None = None
+    min_severity: str = Field(default="info", pattern=r"^(info|warning|critical)$")
+    sectors: tuple[str, ...] = ()
 
 
 class Settings(BaseSettings):
@@ -82,6 +94,13 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="an unacknowledged critical alert escalates this often"
     )
     alerts_escalate_max_level: int = Field(default=3, ge=0, le=20)
+    alerts_webhooks: tuple[WebhookConfig, ...] = Field(
+        default=(),
+        description='JSON list: [{"name", "url", "secret", "min_severity", "sectors"}]',
+    )
+    alerts_mqtt: bool = Field(
+        default=True, description="publish alert events on ioc/v1/alerts/{sector}/{severity}"
+    )
     alerts_auto_resolve_s: float = Field(
         default=86_400.0,
         ge=0,

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from alerts.engine import AlertEngine
 from ingest.items import Item
 from ingest.writer import Writer
+from ioc.mqtt import paho_client, parse_mqtt_url
+from tests.support.ingest import unique
 
 
 @contextmanager
@@ -29,3 +31,23 @@ def feed(writer: Writer, *items: Item) -> None:
         item.done = lambda _item, done=done: done.set()
         assert writer.submit(item, timeout_s=30)
         assert done.wait(30), writer.last_error
+
+
+@contextmanager
+def subscribed(mqtt_url: str, topic_filter: str) -> Iterator[list[tuple[str, bytes]]]:
+    """A live MQTT subscription; yields the (topic, payload) list it fills."""
+    endpoint = parse_mqtt_url(mqtt_url)
+    got: list[tuple[str, bytes]] = []
+    client = paho_client(endpoint, unique("test-sub"))
+    ready = threading.Event()
+    client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
+    client.on_subscribe = lambda *args: ready.set()
+    client.on_message = lambda c, u, msg: got.append((msg.topic, bytes(msg.payload)))
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    try:
+        assert ready.wait(10), f"could not subscribe to {topic_filter}"
+        yield got
+    finally:
+        client.disconnect()
+        client.loop_stop()

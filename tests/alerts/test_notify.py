@@ -1,0 +1,199 @@
+"""Notifiers against a real broker and a local HTTP server: order, retries, signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from alerts.notify import Dispatcher, MqttChannel, WebhookChannel, _lock_key
+from ingest.items import Item
+from ioc.db import libpq_url
+from ioc.embedded_pg import free_port
+from ioc.settings import WebhookConfig
+from tests.support.alerts import engine_writer, feed, subscribed
+from tests.support.ingest import make_item, query, sync, unique, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+T0 = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+SECRET = "bí-mật"
+
+
+@pytest.fixture
+def synced_db(db_url: str) -> str:
+    sync(db_url)
+    return db_url
+
+
+class Receiver:
+    """A local webhook receiver answering with scripted status codes (then 200)."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                code = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver([503, 503])
+    yield r
+    r.close()
+
+
+def breach(source: str) -> Item:
+    body = [
+        {"ts": int((T0 + timedelta(minutes=m)).timestamp() * 1000), "values": {"salinity": 1.5}}
+        for m in range(16)
+    ]
+    return make_item(f"ioc/v1/water/{source}/telemetry", body)
+
+
+def webhook(url: str, **extra: Any) -> WebhookChannel:
+    return WebhookChannel(WebhookConfig(name="ops", url=url, secret=SecretStr(SECRET), **extra))
+
+
+def deliveries(db_url: str) -> list[tuple[object, ...]]:
+    return query(
+        db_url,
+        "SELECT channel, attempt, ok, status_code FROM alert_delivery ORDER BY id",
+    )
+
+
+def test_a_webhook_gets_each_event_signed_after_retries(synced_db: str, receiver: Receiver) -> None:
+    dispatcher = Dispatcher(synced_db, webhook(receiver.url), backoff_start_s=0.01)
+    assert dispatcher.dispatch_pending() == 0  # the channel starts from now
+    with engine_writer(synced_db) as writer:
+        feed(writer, breach("tram-w1"))
+    assert dispatcher.dispatch_pending() == 1
+    dispatcher.close_connection()
+    assert len(receiver.requests) == 3  # 503, 503, then 200
+    headers, body = receiver.requests[-1]
+    assert all(b == body for _, b in receiver.requests)
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["x-ioc-signature"] == expected
+    doc = orjson.loads(body)
+    assert (doc["kind"], doc["alert"]["source_id"], doc["alert"]["status"]) == (
+        "opened",
+        "tram-w1",
+        "open",
+    )
+    assert headers["x-ioc-event-id"] == str(doc["id"])
+    assert deliveries(synced_db) == [
+        ("webhook:ops", 1, False, 503),
+        ("webhook:ops", 2, False, 503),
+        ("webhook:ops", 3, True, 200),
+    ]
+    assert query(synced_db, "SELECT last_id FROM notify_cursor") == [(doc["id"],)]
+
+
+def test_a_refused_event_is_recorded_and_the_channel_moves_on(synced_db: str) -> None:
+    refusing = Receiver([422])
+    try:
+        dispatcher = Dispatcher(synced_db, webhook(refusing.url), backoff_start_s=0.01)
+        dispatcher.dispatch_pending()
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach("tram-w2"))
+        assert dispatcher.dispatch_pending() == 1
+        dispatcher.close_connection()
+    finally:
+        refusing.close()
+    assert deliveries(synced_db) == [("webhook:ops", 1, False, 422)]
+
+
+def test_filtered_events_are_skipped(synced_db: str, receiver: Receiver) -> None:
+    dispatcher = Dispatcher(synced_db, webhook(receiver.url, min_severity="critical"))
+    dispatcher.dispatch_pending()
+    with engine_writer(synced_db) as writer:
+        feed(writer, breach("tram-w3"))  # a warning
+    assert dispatcher.dispatch_pending() == 1
+    dispatcher.close_connection()
+    assert receiver.requests == []
+
+
+def test_undelivered_events_wait_in_the_database_until_the_receiver_is_back(
+    synced_db: str, receiver: Receiver
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+    down = Dispatcher(synced_db, webhook(dead), backoff_start_s=0.01, backoff_max_s=0.05)
+    down.dispatch_pending()
+    with engine_writer(synced_db) as writer:
+        feed(writer, breach("tram-w4"))  # ingest commits whatever the notifier does
+    stop = threading.Event()
+    worker = threading.Thread(target=down.run, args=(stop,))
+    worker.start()
+    wait_until(lambda: len(deliveries(synced_db)) >= 3, what="failed attempts")
+    stop.set()
+    worker.join(30)
+    assert all(not ok for _, _, ok, _ in deliveries(synced_db))
+    back = Dispatcher(synced_db, webhook(receiver.url), backoff_start_s=0.01)
+    assert back.dispatch_pending() == 1  # the same event, from the same cursor
+    back.close_connection()
+    assert orjson.loads(receiver.requests[-1][1])["alert"]["source_id"] == "tram-w4"
+
+
+def test_one_dispatcher_per_channel(synced_db: str, receiver: Receiver) -> None:
+    dispatcher = Dispatcher(synced_db, webhook(receiver.url))
+    dispatcher.dispatch_pending()
+    with engine_writer(synced_db) as writer:
+        feed(writer, breach("tram-w5"))
+    with psycopg.connect(libpq_url(synced_db), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("webhook:ops"),))
+        assert dispatcher.dispatch_pending() == 0  # another dispatcher owns the channel
+    assert dispatcher.dispatch_pending() == 1
+    dispatcher.close_connection()
+
+
+def test_alert_events_are_published_on_mqtt(synced_db: str, mqtt_url: str) -> None:
+    channel = MqttChannel(mqtt_url, client_id=unique("ioc-alerts"))
+    source = unique("tram-m")
+
+    def mine(got: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        return [(t, p) for t, p in got if orjson.loads(p)["alert"]["source_id"] == source]
+
+    with subscribed(mqtt_url, "ioc/v1/alerts/#") as got:
+        try:
+            dispatcher = Dispatcher(synced_db, channel)
+            dispatcher.dispatch_pending()
+            with engine_writer(synced_db) as writer:
+                feed(writer, breach(source))
+            assert dispatcher.dispatch_pending() == 1
+            dispatcher.close_connection()
+            wait_until(lambda: mine(got), what="the alert on MQTT")
+        finally:
+            channel.close()
+    ((topic, payload),) = mine(got)
+    assert topic == "ioc/v1/alerts/water/warning"
+    assert orjson.loads(payload)["kind"] == "opened"
+    assert deliveries(synced_db) == [("mqtt", 1, True, None)]
