@@ -1,0 +1,278 @@
+"""Render an alert as an OASIS Common Alerting Protocol 1.2 message (XML).
+
+One message per alert event: the first (opened) is an `Alert`; later events are `Update`s,
+and resolution is a `Cancel`, each referencing the first message. Two info blocks carry the
+same alert in Vietnamese and in English. The area is the source's location (a small circle)
+and its district.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
+
+# CAP categories by sector (CAP 1.2 section 3.2.2, `category`)
+CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "water": "Env",
+        "flood": "Met",
+        "environment": "Env",
+        "traffic": "Transport",
+        "health": "Health",
+        "security": "Security",
+        "infosec": "Security",
+        "public_services": "Infra",
+        "land_construction": "Infra",
+        "education": "Other",
+        "citizen_reports": "Other",
+        "hotline": "Other",
+        "socio_economic": "Other",
+        "tourism": "Other",
+    }
+)
+SEVERITY: Final = MappingProxyType({"critical": "Severe", "warning": "Moderate", "info": "Minor"})
+URGENCY: Final = MappingProxyType(
+    {"critical": "Immediate", "warning": "Expected", "info": "Future"}
+)
+MSG_TYPE: Final = MappingProxyType(
+    {
+        "opened": "Alert",
+        "updated": "Update",
+        "escalated": "Update",
+        "acknowledged": "Update",
+        "reopened": "Update",
+        "resolved": "Cancel",
+    }
+)
+POINT_RADIUS_KM: Final = 0.5  # a sensor or camera: a small circle around it
+
+
+@dataclass(frozen=True)
+class CapAlert:
+    """Everything one CAP message says, as plain values."""
+
+    alert_id: int
+    event_id: int  # the alert event this message announces
+    event_kind: str
+    event_at: datetime
+    first_event_id: int  # the `opened` event: the message later ones reference
+    first_at: datetime
+    severity: str
+    status: str
+    sector_id: str
+    sector_vi: str
+    sector_en: str
+    title: str
+    rule_kind: str | None = None
+    metric: str | None = None
+    metric_vi: str | None = None
+    metric_en: str | None = None
+    unit: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    operator: str | None = None
+    source_id: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    district: str | None = None
+    district_vi: str | None = None
+    district_en: str | None = None
+    agency_description: str | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+def cap_time(at: datetime, zone: ZoneInfo) -> str:
+    """CAP dateTime: local time with a numeric offset, whole seconds, never `Z`."""
+    local = at.astimezone(zone).replace(microsecond=0)
+    text = local.isoformat()
+    return text[:-6] + "+00:00" if text.endswith("Z") else text
+
+
+def _token(text: str) -> str:
+    """CAP identifiers and senders may not hold spaces, commas, `<` or `&`."""
+    return "".join("-" if c in " ,<&" else c for c in text)
+
+
+def identifier(sender: str, alert_id: int, event_id: int) -> str:
+    """The identifier of the message announcing one alert event."""
+    return _token(f"{sender}.alert.{alert_id}.{event_id}")
+
+
+def _event_names(a: CapAlert) -> tuple[str, str]:
+    if a.rule_kind == "silence":
+        return "mất tín hiệu nguồn dữ liệu", "data source silent"
+    if a.metric:
+        return a.metric_vi or a.metric, a.metric_en or a.metric
+    return a.title, a.title
+
+
+def _descriptions(a: CapAlert) -> tuple[str, str]:
+    where_vi = f" tại {a.source_id}" if a.source_id else ""
+    where_en = f" at {a.source_id}" if a.source_id else ""
+    if a.rule_kind == "threshold" and a.value is not None:
+        limit = f" ({a.operator} {a.threshold:g} {a.unit or ''})".rstrip() if a.threshold else ""
+        vi = f"{a.metric_vi or a.metric}{where_vi}: {a.value:g} {a.unit or ''}{limit}."
+        en = f"{a.metric_en or a.metric}{where_en}: {a.value:g} {a.unit or ''}{limit}."
+    elif a.rule_kind == "silence":
+        vi = f"Nguồn dữ liệu{where_vi} không gửi số liệu quá thời gian cho phép."
+        en = f"Source{where_en} has sent no readings for longer than allowed."
+    else:
+        vi = en = a.agency_description or a.title
+    if a.event_kind == "resolved":
+        vi, en = f"Đã kết thúc. {vi}", f"Ended. {en}"
+    elif a.event_kind == "escalated":
+        vi, en = f"Chưa được xử lý, nâng mức cảnh báo. {vi}", f"Not yet handled, escalated. {en}"
+    return " ".join(vi.split()), " ".join(en.split())
+
+
+def render(
+    a: CapAlert,
+    *,
+    sender: str,
+    sender_name: str,
+    zone: ZoneInfo,
+    scope: str = "Restricted",
+    restriction: str = "IOC operators and responding agencies",
+) -> bytes:
+    """The CAP 1.2 XML document (UTF-8) announcing one alert event."""
+    ET.register_namespace("", CAP_NS)
+
+    def sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
+        el = ET.SubElement(parent, f"{{{CAP_NS}}}{tag}")
+        if text is not None:
+            el.text = text
+        return el
+
+    sender = _token(sender)
+    root = ET.Element(f"{{{CAP_NS}}}alert")
+    sub(root, "identifier", identifier(sender, a.alert_id, a.event_id))
+    sub(root, "sender", sender)
+    sub(root, "sent", cap_time(a.event_at, zone))
+    sub(root, "status", "Actual")
+    msg_type = MSG_TYPE.get(a.event_kind, "Update")
+    if a.event_id == a.first_event_id:
+        msg_type = "Alert"
+    sub(root, "msgType", msg_type)
+    sub(root, "scope", scope)
+    if scope == "Restricted":
+        sub(root, "restriction", restriction)
+    if msg_type != "Alert":
+        first = identifier(sender, a.alert_id, a.first_event_id)
+        sub(root, "references", f"{sender},{first},{cap_time(a.first_at, zone)}")
+    sub(root, "incidents", f"alert-{a.alert_id}")
+    vi, en = _descriptions(a)
+    event_vi, event_en = _event_names(a)
+    for language, sector_name, event, description, district_name in (
+        ("vi-VN", a.sector_vi, event_vi, vi, a.district_vi),
+        ("en-US", a.sector_en, event_en, en, a.district_en),
+    ):
+        info = sub(root, "info")
+        sub(info, "language", language)
+        sub(info, "category", CATEGORY.get(a.sector_id, "Other"))
+        sub(info, "event", f"{sector_name}: {event}")
+        sub(info, "responseType", "AllClear" if a.event_kind == "resolved" else "Monitor")
+        sub(info, "urgency", "Past" if a.event_kind == "resolved" else URGENCY[a.severity])
+        sub(info, "severity", SEVERITY[a.severity])
+        sub(info, "certainty", "Observed")
+        sub(info, "senderName", sender_name)
+        sub(info, "headline", a.title[:160])
+        sub(info, "description", description)
+        params = {
+            "ioc:alert_id": str(a.alert_id),
+            "ioc:event": a.event_kind,
+            "ioc:status": a.status,
+            **({"ioc:metric": a.metric} if a.metric else {}),
+            **({"ioc:value": f"{a.value:g}"} if a.value is not None else {}),
+            **dict(a.parameters),
+        }
+        for name, value in params.items():
+            p = sub(info, "parameter")
+            sub(p, "valueName", name)
+            sub(p, "value", value)
+        area = sub(info, "area")
+        place = district_name or a.source_id or sector_name
+        sub(area, "areaDesc", place)
+        if a.latitude is not None and a.longitude is not None:
+            sub(area, "circle", f"{a.latitude:.6f},{a.longitude:.6f} {POINT_RADIUS_KM:g}")
+        if a.district:
+            g = sub(area, "geocode")
+            sub(g, "valueName", "ioc:district")
+            sub(g, "value", a.district)
+    ET.indent(root)
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
+
+
+_LOAD: Final = """
+SELECT a.id, e.id, e.kind, e.at, f.id, f.at, e.severity, e.status, a.sector_id, sc.name_vi,
+       sc.name_en, a.title, a.rule_kind, a.metric, a.last_value, r.threshold, r.direction,
+       r.inclusive, a.source_id, s.latitude, s.longitude, s.district, ev.description,
+       sc.metrics
+FROM alert_event e
+JOIN alert a ON a.id = e.alert_id
+JOIN sector sc ON sc.id = a.sector_id
+JOIN LATERAL (SELECT id, at FROM alert_event WHERE alert_id = a.id ORDER BY id LIMIT 1) f ON true
+LEFT JOIN alert_rule r ON r.id = a.rule_id
+LEFT JOIN source s ON s.id = a.source_id
+LEFT JOIN event ev ON ev.id = a.event_id
+WHERE e.id = %s
+"""
+
+
+def load(
+    conn: psycopg.Connection[Any], alert_event_id: int, districts: Sequence[Any] = ()
+) -> CapAlert | None:
+    """The CAP view of one alert event (None if there is no such event).
+
+    `districts` are the profile's districts (objects with id, name_vi, name_en).
+    """
+    row = conn.execute(_LOAD, (alert_event_id,)).fetchone()
+    if row is None:
+        return None
+    (aid, eid, kind, at, fid, fat, severity, status, sector, sector_vi, sector_en, title) = row[:12]
+    (rule_kind, metric, value, threshold, direction, inclusive, source) = row[12:19]
+    (lat, lon, district, agency_description, metrics) = row[19:24]
+    m: dict[str, Any] = next((x for x in metrics or () if x.get("id") == metric), {})
+    op = None
+    if direction is not None:
+        op = (">" if direction == "above" else "<") + ("=" if inclusive else "")
+    names = {d.id: d for d in districts}
+    d = names.get(district)
+    return CapAlert(
+        alert_id=aid,
+        event_id=eid,
+        event_kind=kind,
+        event_at=at,
+        first_event_id=fid,
+        first_at=fat,
+        severity=severity,
+        status=status,
+        sector_id=sector,
+        sector_vi=sector_vi,
+        sector_en=sector_en,
+        title=title,
+        rule_kind=rule_kind,
+        metric=metric,
+        metric_vi=m.get("name_vi"),
+        metric_en=m.get("name_en"),
+        unit=m.get("unit"),
+        value=value,
+        threshold=threshold,
+        operator=op,
+        source_id=source,
+        latitude=lat,
+        longitude=lon,
+        district=district,
+        district_vi=d.name_vi if d else None,
+        district_en=d.name_en if d else None,
+        agency_description=agency_description,
+    )
