@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,7 @@ from alerts.rules import Rule, RuleIndex
 log = logging.getLogger("ioc.alerts.engine")
 
 RULES_CHECK_S: Final = 5.0
+DISTRICT_CACHE_S: Final = 60.0
 ENGINE_ACTOR: Final = "engine"
 
 _LOAD_RULES: Final = """
@@ -38,12 +38,28 @@ _ENSURE_STATE: Final = """
 INSERT INTO alert_state (rule_id, source_id)
 SELECT * FROM unnest(%s::int[], %s::text[]) ON CONFLICT DO NOTHING
 """
-_LOCK_STATE: Final = """
-SELECT s.rule_id, s.source_id, s.state, s.pending_since, s.last_ts, s.last_value, s.alert_id
+_STATE_COLUMNS: Final = (
+    "s.rule_id, s.source_id, s.state, s.pending_since, s.last_ts, s.last_value, s.alert_id"
+)
+_LOCK_STATE: Final = f"""
+SELECT {_STATE_COLUMNS}
 FROM alert_state s JOIN unnest(%s::int[], %s::text[]) AS k(rule_id, source_id)
   ON s.rule_id = k.rule_id AND s.source_id = k.source_id
 ORDER BY s.rule_id, s.source_id
 FOR UPDATE OF s
+"""
+_LOCK_ACTIVE: Final = f"""
+SELECT {_STATE_COLUMNS}
+FROM alert_state s JOIN unnest(%s::int[], %s::text[]) AS k(rule_id, source_id)
+  ON s.rule_id = k.rule_id AND s.source_id = k.source_id
+WHERE s.state <> 'normal'
+ORDER BY s.rule_id, s.source_id
+FOR UPDATE OF s
+"""
+_STORED_SINCE: Final = """
+SELECT r.series_id, r.ts FROM reading r
+JOIN unnest(%s::int[], %s::timestamptz[]) AS k(series_id, since)
+  ON r.series_id = k.series_id AND r.ts >= k.since
 """
 _SAVE_STATE: Final = """
 UPDATE alert_state s
@@ -75,6 +91,14 @@ class EngineBatch(Protocol):
 
     @property
     def events(self) -> Sequence[Any]: ...
+
+
+@dataclass(slots=True)
+class _Series:
+    """One series' readings in a batch."""
+
+    sid: int
+    readings: list[tuple[datetime, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +146,8 @@ class AlertEngine:
         self._version: tuple[Any, ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._district_of: dict[str, str | None] = {}
+        self._districts_at = 0.0
         self.last: Outcome = Outcome()
 
     def rules(self, conn: psycopg.Connection[Any]) -> RuleIndex:
@@ -152,22 +178,33 @@ class AlertEngine:
         if not index:
             return Outcome()
         sectors = {i.source_id: i.sector for i in batch.items if i.source_id and i.sector}
-        series: dict[tuple[str, str], list[tuple[datetime, float]]] = defaultdict(list)
-        for _, source, metric, ts, value in batch.readings:
-            series[(source, metric)].append((ts, value))
+        series: dict[tuple[str, str], _Series] = {}
+        for sid, source, metric, ts, value in batch.readings:
+            view = series.get((source, metric))
+            if view is None:
+                series[(source, metric)] = _Series(sid, [(ts, value)])
+            else:
+                view.readings.append((ts, value))
         counts = [0, 0, 0]  # opened, updated, resolved
         with conn.cursor() as cur:
             districts = self._districts(cur, index, {s for s, _ in series})
-            pairs: dict[tuple[int, str], list[tuple[datetime, float]]] = {}
-            for (source, metric), readings in series.items():
+            pairs: dict[tuple[int, str], _Series] = {}
+            breaching: set[tuple[int, str]] = set()
+            for (source, metric), view in series.items():
                 sector = sectors.get(source)
                 if sector is None:
                     continue
-                for rule in index.thresholds(sector, metric):
-                    if rule.covers(source, districts.get(source)):
-                        pairs[(rule.id, source)] = readings
+                rules = index.thresholds(sector, metric, source, districts.get(source))
+                if not rules:
+                    continue
+                values = [v for _, v in view.readings]
+                low, high = min(values), max(values)
+                for rule in rules:
+                    pairs[(rule.id, source)] = view
+                    if rule.breached(high if rule.direction == "above" else low):
+                        breaching.add((rule.id, source))
             if pairs:
-                self._thresholds(cur, index, pairs, counts)
+                self._thresholds(cur, index, pairs, breaching, counts)
             self._silence_recovered(cur, index, sectors, {s for s, _ in series}, counts)
             self._events(cur, index, batch.events, counts)
         return Outcome(len(pairs), *counts)
@@ -178,20 +215,34 @@ class AlertEngine:
         self,
         cur: lifecycle.Cursor,
         index: RuleIndex,
-        pairs: dict[tuple[int, str], list[tuple[datetime, float]]],
+        pairs: dict[tuple[int, str], _Series],
+        breaching: set[tuple[int, str]],
         counts: list[int],
     ) -> None:
+        """Evaluate the pairs that can change: those breached in this batch and those whose
+        state is pending or firing. A quiet pair in normal state stays normal: no I/O."""
         keys = sorted(pairs)
-        rule_ids = [k[0] for k in keys]
-        sources = [k[1] for k in keys]
-        cur.execute(_ENSURE_STATE, (rule_ids, sources))
-        cur.execute(_LOCK_STATE, (rule_ids, sources))
+        cur.execute(_LOCK_ACTIVE, ([k[0] for k in keys], [k[1] for k in keys]))
+        rows = {(r[0], r[1]): r for r in cur.fetchall()}
+        need = sorted(breaching - rows.keys())
+        if need:
+            rule_ids, sources = [k[0] for k in need], [k[1] for k in need]
+            cur.execute(_ENSURE_STATE, (rule_ids, sources))
+            cur.execute(_LOCK_STATE, (rule_ids, sources))
+            rows.update({(r[0], r[1]): r for r in cur.fetchall()})
+        seen = self._seen_before(cur, [pairs[k] for k, r in rows.items() if r[2] == "normal"])
         saved: list[tuple[int, str, State, int | None]] = []
         touched: tuple[list[int], list[float], list[datetime]] = ([], [], [])
-        for rule_id, source, phase, since, last_ts, last_value, alert_id in cur.fetchall():
+        for key in sorted(rows):
+            rule_id, source, phase, since, last_ts, last_value, alert_id = rows[key]
             rule = index.by_id[rule_id]
+            view = pairs[key]
             before = State(phase, since, last_ts, last_value)
-            after, transitions = evaluate_threshold(rule, before, pairs[(rule_id, source)])
+            watermark = seen.get(view.sid) if phase == "normal" else None
+            start = before
+            if watermark is not None and (last_ts is None or watermark > last_ts):
+                start = State(phase, since, watermark, last_value)
+            after, transitions = evaluate_threshold(rule, start, view.readings)
             if after == before:
                 continue
             for t in transitions:
@@ -217,6 +268,27 @@ class AlertEngine:
                 ),
             )
         lifecycle.touch(cur, *touched)
+
+    @staticmethod
+    def _seen_before(cur: lifecycle.Cursor, views: list[_Series]) -> dict[int, datetime]:
+        """Per series, the newest reading stored before this batch and not older than it.
+
+        A pair in normal state keeps no reading clock of its own (quiet batches write
+        nothing), so this is what tells a late breaching reading from a new one.
+        """
+        if not views:
+            return {}
+        unique = {v.sid: v for v in views}
+        sids = sorted(unique)
+        cur.execute(_STORED_SINCE, (sids, [min(unique[s].readings)[0] for s in sids]))
+        mine = {sid: {ts for ts, _ in unique[sid].readings} for sid in sids}
+        out: dict[int, datetime] = {}
+        for sid, ts in cur.fetchall():
+            if ts in mine[sid]:
+                continue  # this batch's own row (or the same reading again)
+            if sid not in out or ts > out[sid]:
+                out[sid] = ts
+        return out
 
     def _apply(
         self,
@@ -253,6 +325,7 @@ class AlertEngine:
                 at=t.ts,
                 detail=detail,
                 reopen_window_s=self.reopen_window_s,
+                serialized=True,  # the alert_state row of (rule, source) is locked
             )
             counts[0 if what == "opened" else 1] += 1
             return new_id
@@ -324,11 +397,19 @@ class AlertEngine:
                 )
                 counts[0] += 1
 
-    @staticmethod
     def _districts(
-        cur: lifecycle.Cursor, index: RuleIndex, sources: set[str]
+        self, cur: lifecycle.Cursor, index: RuleIndex, sources: set[str]
     ) -> dict[str, str | None]:
+        """Districts of the batch's sources, when some rule is scoped to a district (cached
+        for `DISTRICT_CACHE_S`: a source moved to another district is seen within that)."""
         if not index.uses_districts or not sources:
             return {}
-        cur.execute("SELECT id, district FROM source WHERE id = ANY(%s)", (sorted(sources),))
-        return {str(i): d for i, d in cur.fetchall()}
+        now = time.monotonic()
+        if now - self._districts_at > DISTRICT_CACHE_S:
+            self._district_of.clear()
+            self._districts_at = now
+        missing = sorted(s for s in sources if s not in self._district_of)
+        if missing:
+            cur.execute("SELECT id, district FROM source WHERE id = ANY(%s)", (missing,))
+            self._district_of.update({str(i): d for i, d in cur.fetchall()})
+        return self._district_of

@@ -64,20 +64,40 @@ def record(
 ) -> int:
     """Append an alert event (with the alert's current severity and status) and NOTIFY it."""
     cur.execute(
-        "INSERT INTO alert_event (alert_id, kind, severity, status, actor, detail) "
-        "SELECT id, %s, severity, status, %s, %s FROM alert WHERE id = %s RETURNING id",
-        (kind, actor, Jsonb(detail or {}), alert_id),
+        "WITH e AS (INSERT INTO alert_event (alert_id, kind, severity, status, actor, detail) "
+        "SELECT id, %s, severity, status, %s, %s FROM alert WHERE id = %s RETURNING id) "
+        "SELECT id, pg_notify(%s, id::text) FROM e",
+        (kind, actor, Jsonb(detail or {}), alert_id, NOTIFY_CHANNEL),
     )
     row = cur.fetchone()
     if row is None:
         raise AlertNotFound(f"alert {alert_id} does not exist")
-    event_id = int(row[0])
-    cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(event_id)))
-    return event_id
+    return int(row[0])
 
 
 def _lock_cause(cur: Cursor, key: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+_INSERT_ALERT: Final = (
+    "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
+    "event_id, severity, title, last_value, last_seen_at, detail) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (cause_key) WHERE status <> 'resolved' DO NOTHING RETURNING id"
+)
+_UPDATE_ACTIVE: Final = (
+    "UPDATE alert SET occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, "
+    "updated_at = now() WHERE cause_key = %s AND status <> 'resolved' RETURNING id"
+)
+_REOPEN: Final = (
+    "UPDATE alert SET status = 'open', resolved_at = NULL, resolved_by = NULL, "
+    "acknowledged_at = NULL, acknowledged_by = NULL, escalation_level = 0, "
+    "occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, updated_at = now() "
+    "WHERE id = (SELECT id FROM alert WHERE cause_key = %s AND status = 'resolved' "
+    "AND resolved_at >= %s ORDER BY resolved_at DESC LIMIT 1) "
+    "AND NOT EXISTS (SELECT 1 FROM alert WHERE cause_key = %s AND status <> 'resolved') "
+    "RETURNING id"
+)
 
 
 def fire(
@@ -88,30 +108,21 @@ def fire(
     at: datetime,
     detail: dict[str, Any] | None = None,
     reopen_window_s: float = 0.0,
+    serialized: bool = False,
 ) -> tuple[int, EventKind]:
     """The cause's condition holds: update its active alert, reopen one resolved within
-    `reopen_window_s`, or open a new one. Returns (alert id, what happened)."""
-    _lock_cause(cur, cause.key)
-    cur.execute(
-        "UPDATE alert SET occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, "
-        "updated_at = now() WHERE cause_key = %s AND status <> 'resolved' RETURNING id",
-        (value, at, cause.key),
-    )
-    row = cur.fetchone()
+    `reopen_window_s`, or open a new one. Returns (alert id, what happened).
+
+    `serialized`: the caller already holds a lock that orders every writer of this cause
+    (the rule state row); otherwise a transaction advisory lock on the cause is taken.
+    """
+    if not serialized:
+        _lock_cause(cur, cause.key)
     info = {"value": value, "at": at.isoformat(), **(detail or {})}
-    if row is not None:
-        alert_id = int(row[0])
-        record(cur, alert_id, "updated", detail=info)
-        return alert_id, "updated"
     if reopen_window_s > 0:
         cur.execute(
-            "UPDATE alert SET status = 'open', resolved_at = NULL, resolved_by = NULL, "
-            "acknowledged_at = NULL, acknowledged_by = NULL, escalation_level = 0, "
-            "occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, "
-            "updated_at = now() WHERE id = (SELECT id FROM alert WHERE cause_key = %s "
-            "AND status = 'resolved' AND resolved_at >= %s ORDER BY resolved_at DESC LIMIT 1) "
-            "RETURNING id",
-            (value, at, cause.key, at - timedelta(seconds=reopen_window_s)),
+            _REOPEN,
+            (value, at, cause.key, at - timedelta(seconds=reopen_window_s), cause.key),
         )
         row = cur.fetchone()
         if row is not None:
@@ -119,9 +130,7 @@ def fire(
             record(cur, alert_id, "reopened", detail=info)
             return alert_id, "reopened"
     cur.execute(
-        "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
-        "event_id, severity, title, last_value, last_seen_at, detail) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        _INSERT_ALERT,
         (
             cause.key,
             cause.rule_id,
@@ -138,10 +147,16 @@ def fire(
         ),
     )
     row = cur.fetchone()
-    assert row is not None  # INSERT … RETURNING always returns the row
+    if row is not None:
+        alert_id = int(row[0])
+        record(cur, alert_id, "opened", detail=info)
+        return alert_id, "opened"
+    cur.execute(_UPDATE_ACTIVE, (value, at, cause.key))
+    row = cur.fetchone()
+    assert row is not None  # the insert met this cause's active alert, locked against change
     alert_id = int(row[0])
-    record(cur, alert_id, "opened", detail=info)
-    return alert_id, "opened"
+    record(cur, alert_id, "updated", detail=info)
+    return alert_id, "updated"
 
 
 def touch(cur: Cursor, alert_ids: list[int], values: list[float], seen: list[datetime]) -> None:

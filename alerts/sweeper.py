@@ -136,6 +136,7 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
         alert_id, _ = lifecycle.fire(
             cur,
             cause,
+            serialized=True,  # the alert_state row is locked
             value=None,
             at=now,
             detail={

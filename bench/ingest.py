@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +43,6 @@ import orjson
 import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,8 +52,10 @@ from ingest.writer import MOVE_STAGE, STAGE_DDL, Batch  # noqa: E402
 from ioc.db import libpq_url  # noqa: E402
 from ioc.embedded_broker import EmbeddedBroker  # noqa: E402
 from ioc.mqtt import connect_properties, paho_client, parse_mqtt_url  # noqa: E402
-from ioc.runtime import ensure_database, prepare  # noqa: E402
 from ioc.settings import Settings  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import count_readings, fresh_database, inserted_so_far, wait_for_readings  # noqa: E402
 
 PROFILE = "mekong"
 SECTOR = "water"
@@ -124,45 +124,6 @@ def copy_rows(shape: Shape, count: int, base_ms: int) -> Iterator[tuple[str, str
 
 
 # -- services ------------------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(server_url: str, tag: str) -> Iterator[str]:
-    """A new migrated database with the profile synced; dropped afterwards."""
-    name = f"bench_ingest_{os.getpid()}_{tag}"
-    url = ensure_database(server_url, name)
-    try:
-        prepare(url, Settings(profile=PROFILE))
-        yield url
-    finally:
-        with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-def count_readings(db_url: str) -> int:
-    with psycopg.connect(libpq_url(db_url)) as conn:
-        row = conn.execute("SELECT count(*) FROM reading").fetchone()
-        return int(row[0]) if row else 0
-
-
-def inserted_so_far(db_url: str) -> int:
-    """Cheap progress figure (statistics, up to a second late) for polling."""
-    with psycopg.connect(libpq_url(db_url)) as conn:
-        row = conn.execute(
-            "SELECT coalesce(n_tup_ins, 0) FROM pg_stat_user_tables WHERE relname = 'reading'"
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-
-def wait_for_readings(db_url: str, expected: int, timeout_s: float) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if inserted_so_far(db_url) >= expected:
-            break
-        time.sleep(0.25)
-    return count_readings(db_url)
 
 
 def register_session(mqtt_url: str, client_id: str, topic_filter: str) -> None:
@@ -389,7 +350,7 @@ def measure_ingest(
     count = readings // shape.readings
     base_ms = int((datetime.now(UTC) - timedelta(days=2)).timestamp() * 1000)
     tag = f"w{workers}_{shape.readings}"
-    with fresh_database(server_url, tag) as db_url:
+    with fresh_database(server_url, "ingest", tag) as db_url:
         clients = [f"bench-{tag}-{i}" for i in range(workers)]
         for client_id in clients:
             register_session(mqtt_url, client_id, f"$share/bench-{tag}/{PLAIN_SUBSCRIPTION}")
@@ -425,7 +386,10 @@ def measure_copy(server_url: str, shape: Shape, readings: int) -> float:
     """Rows per second through the writer's staging COPY and insert, 10k rows per commit."""
     count = readings // shape.readings
     base_ms = int((datetime.now(UTC) - timedelta(days=2)).timestamp() * 1000)
-    with fresh_database(server_url, "copy") as db_url, psycopg.connect(libpq_url(db_url)) as conn:
+    with (
+        fresh_database(server_url, "ingest", "copy") as db_url,
+        psycopg.connect(libpq_url(db_url)) as conn,
+    ):
         sources = [f"bench-{n:04d}" for n in range(SOURCES)]
         conn.execute(
             "INSERT INTO source (id, sector_id) SELECT unnest(%s::text[]), %s", (sources, SECTOR)
@@ -490,7 +454,7 @@ def measure_naive(server_url: str, mqtt_url: str, shape: Shape, readings: int) -
     count = readings // shape.readings
     base_ms = int((datetime.now(UTC) - timedelta(days=2)).timestamp() * 1000)
     client_id = f"bench-naive-{shape.readings}"
-    with fresh_database(server_url, f"naive_{shape.readings}") as db_url:
+    with fresh_database(server_url, "ingest", f"naive_{shape.readings}") as db_url:
         conn = psycopg.connect(libpq_url(db_url), autocommit=True)
         sources = [f"bench-{n:04d}" for n in range(SOURCES)]
         conn.execute(
@@ -554,7 +518,7 @@ def measure_latency(
 ) -> tuple[float, float, float, float, int]:
     """(p50, p99, max) publish-to-commit in ms, achieved readings/s, messages, at `rate`."""
     tag = f"lat_{shape.readings}"
-    with fresh_database(server_url, tag) as db_url:
+    with fresh_database(server_url, "ingest", tag) as db_url:
         out = tmp / f"{tag}.json"
         proc = child("worker", out, worker_env(db_url, mqtt_url, tag), "--index", "0")
         time.sleep(0.5)
@@ -612,7 +576,7 @@ def measure_latency(
         forget_session(mqtt_url, f"bench-{tag}-0")
         lags = sorted(json.loads(out.read_text())["lags"])
     lags = lags[1:]  # the warm-up message
-    q = statistics.quantiles(lags, n=100)
+    q = statistics.quantiles(lags, n=100, method="inclusive")
     return q[49] * 1000, q[98] * 1000, lags[-1] * 1000, achieved, sent
 
 

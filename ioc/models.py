@@ -218,6 +218,7 @@ class Alert(Base):
             postgresql_where=text("status <> 'resolved'"),
         ),
         Index(None, "sector_id", "opened_at"),
+        Index(None, "cause_key", "resolved_at"),
         Index(
             "ix_alert_active_status_severity",
             "status",

@@ -57,6 +57,9 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
+        op.f("ix_alert_cause_key_resolved_at"), "alert", ["cause_key", "resolved_at"], unique=False
+    )
+    op.create_index(
         "ix_alert_active_status_severity",
         "alert",
         ["status", "severity"],
@@ -107,6 +110,7 @@ def downgrade() -> None:
         table_name="alert",
         postgresql_where=sa.text("status <> 'resolved'"),
     )
+    op.drop_index(op.f("ix_alert_cause_key_resolved_at"), table_name="alert")
     for column in ("detail", "resolved_by", "last_seen_at", "occurrences", "metric", "rule_kind"):
         op.drop_column("alert", column)
     op.drop_column("alert_state", "alert_id")

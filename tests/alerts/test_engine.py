@@ -107,6 +107,21 @@ def test_a_redelivered_message_changes_no_alert(synced_db: str) -> None:
     assert [k for _, k, _, _ in history(synced_db)] == ["opened", "resolved"]
 
 
+def test_a_late_breaching_reading_after_newer_quiet_ones_starts_no_timer(synced_db: str) -> None:
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-9", [(m, 0.5) for m in range(10, 16)]))  # quiet: no state
+        feed(writer, telemetry("tram-9", [(2, 1.5)]))  # late, and breaching
+        feed(writer, telemetry("tram-9", [(m, 1.5) for m in range(20, 30)]))
+    state = query(
+        synced_db,
+        "SELECT s.state, s.pending_since FROM alert_state s JOIN alert_rule r ON r.id = s.rule_id "
+        "WHERE r.seed_key = %s AND s.source_id = 'tram-9'",
+        (WARNING_KEY,),
+    )
+    assert state == [("pending", at(20))]  # not at(2): 10..15 were normal after it
+    assert alerts(synced_db) == []
+
+
 def test_firing_again_soon_after_resolution_reopens_the_same_alert(synced_db: str) -> None:
     with engine_writer(synced_db, reopen_window_s=3600) as writer:
         feed(writer, telemetry("tram-5", [(m, 1.5) for m in range(16)]))
