@@ -249,7 +249,8 @@ def measure_latency(server: str, seconds: float, background_rate: float, tmp: Pa
                 next_probe += 0.2
             time.sleep(0.002)
         achieved = sent * 100 / (time.perf_counter() - started)
-        wait_for_readings(db_url, sent * 100 + len(probes), timeout_s=120)
+        # background sources are drawn at random: a few samples repeat and are stored once
+        wait_for_readings(db_url, sent * 100 + len(probes), timeout_s=120, stall_s=3)
         time.sleep(1)
         stop.set()
         listener.join()

@@ -52,11 +52,20 @@ def inserted_so_far(db_url: str) -> int:
         return int(row[0]) if row else 0
 
 
-def wait_for_readings(db_url: str, expected: int, timeout_s: float) -> int:
-    """Poll until about `expected` readings were inserted; the exact count then."""
+def wait_for_readings(
+    db_url: str, expected: int, timeout_s: float, *, stall_s: float | None = None
+) -> int:
+    """Poll until about `expected` readings were inserted (or, with `stall_s`, until none
+    arrived for that long: duplicates are stored once); the exact count then."""
     deadline = time.monotonic() + timeout_s
+    last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        if inserted_so_far(db_url) >= expected:
+        now_count = inserted_so_far(db_url)
+        if now_count >= expected:
+            break
+        if now_count != last:
+            last, since = now_count, time.monotonic()
+        elif stall_s is not None and time.monotonic() - since > stall_s:
             break
         time.sleep(0.25)
     return count_readings(db_url)

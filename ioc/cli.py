@@ -198,6 +198,14 @@ def _hand_over(url: str, mqtt_url: str | None = None) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    with_workers: Annotated[
+        bool,
+        typer.Option(
+            "--with-workers",
+            help="Also run the alert sweeper and notifiers, and one ingest worker when "
+            "IOC_MQTT_URL is set, in this process.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
@@ -207,13 +215,41 @@ def serve(
     with database(settings) as url:
         prepare(url, settings)
         _hand_over(url)
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=host or settings.http_host,
-            port=port or settings.http_port,
-            log_level=settings.log_level.lower(),
+        stop = threading.Event()
+        threads = _start_workers(settings, url, stop) if with_workers else []
+        try:
+            uvicorn.run(
+                "api.app:create_app",
+                factory=True,
+                host=host or settings.http_host,
+                port=port or settings.http_port,
+                log_level=settings.log_level.lower(),
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+
+
+def _start_workers(settings: Settings, url: str, stop: threading.Event) -> list[threading.Thread]:
+    """The alerts service, and an ingest worker when a broker is configured, as threads."""
+    from alerts.service import run_alerts
+
+    threads = [_in_thread("alerts", lambda: run_alerts(settings, database_url=url, stop=stop))]
+    if settings.mqtt_url is not None:
+        from ingest.worker import run_worker
+
+        mqtt_url = settings.mqtt_url.get_secret_value()
+        profile = load_profile(settings.profile)
+        threads.append(
+            _in_thread(
+                "ingest",
+                lambda: run_worker(
+                    settings, database_url=url, mqtt_url=mqtt_url, profile=profile, stop=stop
+                ),
+            )
         )
+    return threads
 
 
 @app.command("ingest")

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import orjson
 import pytest
 
+from ioc.embedded_pg import free_port
 from tests.support.alerts import engine_writer, feed, subscribed
 from tests.support.cli import IOC, clean_env
-from tests.support.ingest import make_item, query, sync, unique, wait_until
+from tests.support.ingest import (
+    end_session,
+    make_item,
+    publish_all,
+    query,
+    sync,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,3 +67,65 @@ def test_ioc_alerts_publishes_new_alert_events_and_stops_on_sigterm(
             out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "alerts: sweeping every 1 s" in out
+
+
+def test_ioc_serve_with_workers_ingests_and_alerts_in_one_process(
+    db_url: str, mqtt_url: str
+) -> None:
+    port = free_port()
+    client_id = unique("serve-ingest")
+    env = clean_env(
+        IOC_DATABASE_URL=db_url,
+        IOC_MQTT_URL=mqtt_url,
+        IOC_PROFILE="mekong",
+        IOC_HTTP_PORT=str(port),
+        IOC_INGEST_CLIENT_ID=client_id,
+        IOC_INGEST_SHARE_GROUP=unique("serve-group"),
+    )
+    source = unique("tram-serve")
+    proc = subprocess.Popen([IOC, "serve", "--with-workers"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(
+            lambda: _healthy(port) and query(db_url, "SELECT count(*) FROM notify_cursor")[0][0],
+            timeout_s=60,
+            what="the API and the alert notifier",
+        )
+        t0 = datetime.now(UTC) - timedelta(hours=1)
+        body = [
+            {"ts": int((t0 + timedelta(minutes=m)).timestamp() * 1000), "values": {"salinity": 5}}
+            for m in range(16)
+        ]
+        last_publish = [0.0]
+
+        def stored() -> bool:
+            # publish again now and then: the worker may not have subscribed yet at first,
+            # and readings are idempotent
+            if time.monotonic() - last_publish[0] > 1.0:
+                topic = f"ioc/v1/water/{source}/telemetry"
+                publish_all(mqtt_url, [(topic, orjson.dumps(body))])
+                last_publish[0] = time.monotonic()
+            rows = query(
+                db_url, "SELECT count(*) FROM reading_named WHERE source_id = %s", (source,)
+            )
+            return rows == [(16,)]
+
+        wait_until(stored, timeout_s=60, what="the worker inside serve to store readings")
+        wait_until(
+            lambda: (
+                query(db_url, "SELECT count(*) FROM alert WHERE source_id = %s", (source,))
+                == [(2,)]
+            ),  # the warning (>= 1) and the critical (>= 4) salinity rules
+            what="the alerts",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        end_session(mqtt_url, f"{client_id}-0")
+    assert proc.returncode == 0
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
