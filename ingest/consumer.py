@@ -62,10 +62,12 @@ class Consumer:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         # A message's ack is valid only on the connection that delivered it: after a
         # reconnect the broker redelivers unacked messages and may reuse their packet ids.
         self._generation = 0
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._accepting = True
         self.session_present: bool | None = None
         self.received = 0
@@ -95,11 +97,14 @@ class Consumer:
                 f"MQTT broker {self._endpoint.host}:{self._endpoint.port} unreachable: {exc}"
             ) from None
         self._client.loop_start()
-        if not self._connected.wait(CONNECT_TIMEOUT_S):
+        # started means subscribed: a message published after start() returns is ours
+        if not (
+            self._connected.wait(CONNECT_TIMEOUT_S) and self._subscribed.wait(CONNECT_TIMEOUT_S)
+        ):
             self._client.loop_stop()
             raise BrokerError(
                 f"MQTT broker {self._endpoint.host}:{self._endpoint.port} did not accept "
-                f"the connection of {self.config.client_id!r}"
+                f"the connection or subscription of {self.config.client_id!r}"
             )
 
     def stop(self, *, drain_timeout_s: float = 30.0) -> bool:
@@ -146,6 +151,23 @@ class Consumer:
             },
         )
         self._connected.set()
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error(
+                "broker refused the subscription",
+                extra={"subscription": self.config.subscription, "reason": ", ".join(refused)},
+            )
+            return
+        self._subscribed.set()
 
     def _on_disconnect(
         self,
