@@ -12,14 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Protocol
 
 import psycopg
 
 from alerts import lifecycle
-from alerts.evaluation import State, Transition, evaluate_threshold
+from alerts.evaluation import State, Transition, evaluate
 from alerts.rules import Rule, RuleIndex
 
 log = logging.getLogger("ioc.alerts.engine")
@@ -39,7 +39,8 @@ INSERT INTO alert_state (rule_id, source_id)
 SELECT * FROM unnest(%s::int[], %s::text[]) ON CONFLICT DO NOTHING
 """
 _STATE_COLUMNS: Final = (
-    "s.rule_id, s.source_id, s.state, s.pending_since, s.last_ts, s.last_value, s.alert_id"
+    "s.rule_id, s.source_id, s.state, s.pending_since, s.last_ts, s.last_value, s.alert_id, "
+    "s.stat_mean, s.stat_var, s.stat_samples"
 )
 _LOCK_STATE: Final = f"""
 SELECT {_STATE_COLUMNS}
@@ -64,10 +65,12 @@ JOIN unnest(%s::int[], %s::timestamptz[]) AS k(series_id, since)
 _SAVE_STATE: Final = """
 UPDATE alert_state s
 SET state = u.state, pending_since = u.pending_since, last_ts = u.last_ts,
-    last_value = u.last_value, alert_id = u.alert_id, updated_at = now()
+    last_value = u.last_value, alert_id = u.alert_id, stat_mean = u.stat_mean,
+    stat_var = u.stat_var, stat_samples = u.stat_samples, updated_at = now()
 FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-            %s::float8[], %s::bigint[])
-     AS u(rule_id, source_id, state, pending_since, last_ts, last_value, alert_id)
+            %s::float8[], %s::bigint[], %s::float8[], %s::float8[], %s::int[])
+     AS u(rule_id, source_id, state, pending_since, last_ts, last_value, alert_id, stat_mean,
+          stat_var, stat_samples)
 WHERE s.rule_id = u.rule_id AND s.source_id = u.source_id
 """
 _SILENCE_RECOVERED: Final = """
@@ -201,7 +204,10 @@ class AlertEngine:
                 low, high = min(values), max(values)
                 for rule in rules:
                     pairs[(rule.id, source)] = view
-                    if rule.breached(high if rule.direction == "above" else low):
+                    # a deviation rule's statistics move with every reading
+                    if rule.kind == "deviation" or rule.breached(
+                        high if rule.direction == "above" else low
+                    ):
                         breaching.add((rule.id, source))
             if pairs:
                 self._thresholds(cur, index, pairs, breaching, counts)
@@ -234,15 +240,16 @@ class AlertEngine:
         saved: list[tuple[int, str, State, int | None]] = []
         touched: tuple[list[int], list[float], list[datetime]] = ([], [], [])
         for key in sorted(rows):
-            rule_id, source, phase, since, last_ts, last_value, alert_id = rows[key]
+            rule_id, source, phase, since, last_ts, last_value, alert_id = rows[key][:7]
             rule = index.by_id[rule_id]
             view = pairs[key]
-            before = State(phase, since, last_ts, last_value)
+            mean, var, samples = rows[key][7:10]
+            before = State(phase, since, last_ts, last_value, mean, var, samples)
             watermark = seen.get(view.sid) if phase == "normal" else None
             start = before
             if watermark is not None and (last_ts is None or watermark > last_ts):
-                start = State(phase, since, watermark, last_value)
-            after, transitions = evaluate_threshold(rule, start, view.readings)
+                start = replace(before, last_ts=watermark)
+            after, transitions = evaluate(rule, start, view.readings)
             if after == before:
                 continue
             for t in transitions:
@@ -265,6 +272,9 @@ class AlertEngine:
                     [s[2].last_ts for s in saved],
                     [s[2].last_value for s in saved],
                     [s[3] for s in saved],
+                    [s[2].mean for s in saved],
+                    [s[2].var for s in saved],
+                    [s[2].samples for s in saved],
                 ),
             )
         lifecycle.touch(cur, *touched)
@@ -312,7 +322,11 @@ class AlertEngine:
                 key=lifecycle.cause_key(rule.id, source),
                 sector=rule.sector,
                 severity=rule.severity,
-                title=f"{rule.metric} {t.value:g} {rule.operator} {rule.value:g} at {source}",
+                title=(
+                    f"{rule.metric} {t.value:g} {rule.operator} {rule.value:g} at {source}"
+                    if rule.kind == "threshold"
+                    else f"{rule.metric} {t.value:g} far from its recent mean at {source}"
+                ),
                 rule_id=rule.id,
                 rule_kind=rule.kind,
                 source_id=source,

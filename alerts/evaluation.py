@@ -9,8 +9,9 @@ one, changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -29,6 +30,11 @@ class State:
     pending_since: datetime | None = None
     last_ts: datetime | None = None
     last_value: float | None = None
+    # deviation rules: the trailing (exponentially weighted) mean and variance, and how many
+    # readings they summarize
+    mean: float | None = None
+    var: float | None = None
+    samples: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,28 @@ def evaluate_threshold(
     rule: Rule, state: State, readings: Iterable[tuple[datetime, float]]
 ) -> tuple[State, list[Transition]]:
     """Run a threshold rule over one source's readings of its metric."""
+    return _run(rule, state, readings, deviation=False)
+
+
+def evaluate_deviation(
+    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]]
+) -> tuple[State, list[Transition]]:
+    """Run a deviation rule: breached when a reading lies more than `k` standard deviations
+    from the trailing mean (once `min_samples` readings are known), cleared below `clear_k`.
+    Every reading, anomalous or not, then joins the trailing statistics."""
+    return _run(rule, state, readings, deviation=True)
+
+
+def evaluate(
+    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]]
+) -> tuple[State, list[Transition]]:
+    """Evaluate a threshold or deviation rule."""
+    return _run(rule, state, readings, deviation=rule.kind == "deviation")
+
+
+def _run(
+    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]], *, deviation: bool
+) -> tuple[State, list[Transition]]:
     transitions: list[Transition] = []
     phase, since, last_ts, last_value = (
         state.phase,
@@ -52,16 +80,24 @@ def evaluate_threshold(
         state.last_ts,
         state.last_value,
     )
+    mean, var, samples = state.mean, state.var, state.samples
+    k, clear_k, window, min_samples = rule.deviation_params()
     for ts, value in sorted(set(readings)):
         if last_ts is not None and ts <= last_ts:
             continue
         last_ts, last_value = ts, value
+        if deviation:
+            z = _z(value, mean, var, samples, min_samples)
+            breached, cleared = z is not None and z > k, z is None or z < clear_k
+            mean, var, samples = _ewm(value, mean, var, samples, window)
+        else:
+            breached, cleared = rule.breached(value), rule.cleared(value)
         if phase == "firing":
-            if rule.cleared(value):
+            if cleared:
                 phase, since = "normal", None
                 transitions.append(Transition("clear", ts, value, ts))
             continue
-        if not rule.breached(value):
+        if not breached:
             phase, since = "normal", None
             continue
         if phase == "normal":
@@ -70,14 +106,41 @@ def evaluate_threshold(
         if (ts - since).total_seconds() >= rule.for_s:
             phase = "firing"
             transitions.append(Transition("fire", ts, value, since))
-    new = replace(
-        state,
+    new = State(
         phase=phase,
         pending_since=since if phase != "normal" else None,
         last_ts=last_ts,
         last_value=last_value,
+        mean=mean,
+        var=var,
+        samples=samples,
     )
     return new, transitions
+
+
+def _z(
+    value: float, mean: float | None, var: float | None, samples: int, min_samples: int
+) -> float | None:
+    """How many standard deviations `value` lies from the mean (None: not known yet)."""
+    if mean is None or var is None or samples < min_samples:
+        return None
+    if var <= 0:
+        return 0.0 if value == mean else math.inf
+    return abs(value - mean) / math.sqrt(var)
+
+
+def _ewm(
+    value: float, mean: float | None, var: float | None, samples: int, window: int
+) -> tuple[float, float, int]:
+    """Add a reading to exponentially weighted statistics spanning about `window` readings
+    (a plain running mean and variance while fewer than that are known)."""
+    if mean is None or var is None:
+        return value, 0.0, 1
+    alpha = max(1.0 / (samples + 1), 2.0 / (window + 1))
+    delta = value - mean
+    mean = mean + alpha * delta
+    var = (1 - alpha) * (var + alpha * delta * delta)
+    return mean, var, samples + 1
 
 
 def is_silent(last_reading_at: datetime | None, now: datetime, after_s: float) -> bool:

@@ -190,7 +190,7 @@ def close(
     cur.execute(
         "UPDATE alert_state SET state = 'normal', pending_since = NULL, alert_id = NULL, "
         "updated_at = now() WHERE alert_id = %s "
-        "AND rule_id IN (SELECT id FROM alert_rule WHERE kind = 'threshold')",
+        "AND rule_id IN (SELECT id FROM alert_rule WHERE kind IN ('threshold', 'deviation'))",
         (alert_id,),
     )
     return record(cur, alert_id, "resolved", actor=actor, detail=detail)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-RuleKind = Literal["threshold", "silence", "event"]
+RuleKind = Literal["threshold", "silence", "event", "deviation"]
 Severity = Literal["info", "warning", "critical"]
 Direction = Literal["above", "below"]
 
@@ -18,6 +18,12 @@ OPERATORS: Final[Mapping[str, tuple[Direction, bool]]] = MappingProxyType(
 
 # silence: the default allowance is this many expected reporting intervals
 SILENCE_FACTOR_DEFAULT: Final = 3.0
+# deviation: breached beyond K_DEFAULT standard deviations, cleared below CLEAR_K_DEFAULT,
+# statistics over about WINDOW_DEFAULT readings, judged once MIN_SAMPLES_DEFAULT are known
+K_DEFAULT: Final = 3.0
+CLEAR_K_DEFAULT: Final = 2.0
+WINDOW_DEFAULT: Final = 30
+MIN_SAMPLES_DEFAULT: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,15 @@ class Rule:
             return None
         return float(self.params.get("factor", SILENCE_FACTOR_DEFAULT)) * interval_s
 
+    def deviation_params(self) -> tuple[float, float, int, int]:
+        """(k, clear_k, window, min_samples) of a deviation rule, defaults filled in."""
+        p = self.params
+        k = float(p.get("k", K_DEFAULT))
+        clear_k = min(k, float(p.get("clear_k", CLEAR_K_DEFAULT)))
+        window = max(2, int(p.get("window", WINDOW_DEFAULT)))
+        min_samples = max(2, int(p.get("min_samples", MIN_SAMPLES_DEFAULT)))
+        return k, clear_k, window, min_samples
+
     def matches_event(self, kind: str, severity: str) -> bool:
         """Whether an agency event of this kind and severity opens an alert by this rule."""
         kinds = self.params.get("kinds")
@@ -117,7 +132,7 @@ class RuleIndex:
         self._silence: dict[str, list[Rule]] = {}
         self._events: dict[str, list[Rule]] = {}
         for rule in self.rules:
-            if rule.kind == "threshold" and rule.metric is not None:
+            if rule.kind in ("threshold", "deviation") and rule.metric is not None:
                 self._thresholds.setdefault((rule.sector, rule.metric), _Scoped()).add(rule)
             elif rule.kind == "silence":
                 self._silence.setdefault(rule.sector, []).append(rule)
@@ -131,7 +146,7 @@ class RuleIndex:
     def thresholds(
         self, sector: str, metric: str, source_id: str, district: str | None = None
     ) -> list[Rule]:
-        """Threshold rules on one metric of a sector that cover a source."""
+        """Threshold and deviation rules on one metric of a sector that cover a source."""
         scoped = self._thresholds.get((sector, metric))
         if scoped is None:
             return []

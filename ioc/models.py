@@ -157,7 +157,7 @@ class AlertRule(Base):
 
     __tablename__ = "alert_rule"
     __table_args__ = (
-        CheckConstraint(_in("kind", ("threshold", "silence", "event")), name="kind"),
+        CheckConstraint(_in("kind", ("threshold", "silence", "event", "deviation")), name="kind"),
         CheckConstraint(_in("severity", SEVERITIES), name="severity"),
         CheckConstraint("direction IS NULL OR direction IN ('above', 'below')", name="direction"),
         UniqueConstraint("name"),
@@ -201,6 +201,9 @@ class AlertState(Base):
     last_value: Mapped[float | None] = mapped_column(Double)
     last_ts: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     alert_id: Mapped[int | None] = mapped_column(BigInteger)
+    stat_mean: Mapped[float | None] = mapped_column(Double)  # deviation rules
+    stat_var: Mapped[float | None] = mapped_column(Double)
+    stat_samples: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = _now()
 
 

@@ -38,6 +38,19 @@ def upgrade() -> None:
     op.create_index(op.f("ix_alert_rule_sector_id"), "alert_rule", ["sector_id"], unique=False)
 
     op.add_column("alert_state", sa.Column("alert_id", sa.BigInteger(), nullable=True))
+    # deviation rules keep a trailing mean and variance per source
+    op.add_column("alert_state", sa.Column("stat_mean", sa.Double(), nullable=True))
+    op.add_column("alert_state", sa.Column("stat_var", sa.Double(), nullable=True))
+    op.add_column(
+        "alert_state",
+        sa.Column("stat_samples", sa.Integer(), server_default=sa.text("0"), nullable=False),
+    )
+    op.drop_constraint(op.f("ck_alert_rule_kind"), "alert_rule", type_="check")
+    op.create_check_constraint(
+        op.f("ck_alert_rule_kind"),
+        "alert_rule",
+        "kind IN ('threshold', 'silence', 'event', 'deviation')",
+    )
 
     op.add_column("alert", sa.Column("rule_kind", sa.Text(), nullable=True))
     op.add_column("alert", sa.Column("metric", sa.Text(), nullable=True))
@@ -113,7 +126,13 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_alert_cause_key_resolved_at"), table_name="alert")
     for column in ("detail", "resolved_by", "last_seen_at", "occurrences", "metric", "rule_kind"):
         op.drop_column("alert", column)
-    op.drop_column("alert_state", "alert_id")
+    op.execute("DELETE FROM alert_rule WHERE kind = 'deviation'")
+    op.drop_constraint(op.f("ck_alert_rule_kind"), "alert_rule", type_="check")
+    op.create_check_constraint(
+        op.f("ck_alert_rule_kind"), "alert_rule", "kind IN ('threshold', 'silence', 'event')"
+    )
+    for column in ("stat_samples", "stat_var", "stat_mean", "alert_id"):
+        op.drop_column("alert_state", column)
     op.drop_index(op.f("ix_alert_rule_sector_id"), table_name="alert_rule")
     op.drop_constraint(op.f("uq_alert_rule_seed_key"), "alert_rule", type_="unique")
     for column in ("seed_digest", "seed_key", "manual_resolve", "source_id", "district"):

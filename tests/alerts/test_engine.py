@@ -230,3 +230,28 @@ def test_every_alert_event_is_notified_with_its_id(synced_db: str) -> None:
         wait_until(drained, what="two notifications")
     ids = [int(str(r[0])) for r in query(synced_db, "SELECT id FROM alert_event ORDER BY id")]
     assert got == ids
+
+
+def test_a_deviation_rule_keeps_its_statistics_across_restarts_and_fires_on_a_spike(
+    synced_db: str,
+) -> None:
+    with psycopg.connect(libpq_url(synced_db)) as conn:
+        conn.execute(
+            "INSERT INTO alert_rule (name, kind, sector_id, metric, severity, source_id, params) "
+            "VALUES ('unusual chloride at tram-d', 'deviation', 'water', 'supply_chloride', "
+            "'warning', 'tram-d', '{\"k\": 4, \"window\": 20, \"min_samples\": 10}')"
+        )
+    steady = [(m, 120.0 + (2.0 if m % 2 else -2.0)) for m in range(20)]
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-d", steady[:12], metric="supply_chloride"))
+    with engine_writer(synced_db) as writer:  # a restart: the statistics come from the table
+        feed(writer, telemetry("tram-d", steady[12:], metric="supply_chloride"))
+        feed(writer, telemetry("tram-d", [(20, 190.0)], metric="supply_chloride"))
+        feed(writer, telemetry("tram-e", [(20, 190.0)], metric="supply_chloride"))  # not scoped
+    rows = query(
+        synced_db,
+        "SELECT source_id, rule_kind, status, last_value FROM alert WHERE rule_kind = 'deviation'",
+    )
+    assert rows == [("tram-d", "deviation", "open", 190.0)]
+    samples = query(synced_db, "SELECT stat_samples FROM alert_state WHERE source_id = 'tram-d'")
+    assert (21,) in samples

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.evaluation import State, Transition, evaluate_threshold, is_silent
+from alerts.evaluation import State, Transition, evaluate_deviation, evaluate_threshold, is_silent
 from alerts.rules import Rule
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -164,3 +164,57 @@ def test_a_condition_shorter_than_its_duration_opens_none(
     state, transitions = run(rule, readings)
     assert transitions == []
     assert state.phase == "normal"
+
+
+# -- deviation ------------------------------------------------------------------------------
+
+LOAD = Rule(
+    id=3,
+    name="hospital load unusual",
+    kind="deviation",
+    sector="health",
+    severity="warning",
+    metric="er_patients",
+    params={"k": 3.0, "clear_k": 2.0, "window": 20, "min_samples": 10},
+)
+
+
+def steady(n: int, start: int = 0) -> list[tuple[datetime, float]]:
+    return [(at(start + i), 40.0 + (1.0 if i % 2 else -1.0)) for i in range(n)]
+
+
+def test_a_reading_far_from_the_trailing_mean_fires_and_a_normal_one_clears() -> None:
+    state, transitions = evaluate_deviation(LOAD, State(), [*steady(30), (at(30), 60.0)])
+    assert [(t.kind, t.ts) for t in transitions] == [("fire", at(30))]
+    assert state.samples == 31
+    assert state.mean is not None and 40 < state.mean < 42  # the spike moved it a little
+    state, transitions = evaluate_deviation(LOAD, state, [(at(31), 40.5)])
+    assert [t.kind for t in transitions] == ["clear"]
+
+
+def test_no_judgement_before_enough_samples() -> None:
+    _, transitions = evaluate_deviation(LOAD, State(), [*steady(5), (at(5), 500.0)])
+    assert transitions == []
+
+
+def test_a_lasting_shift_becomes_the_new_normal() -> None:
+    shifted = [(at(30 + i), 80.0) for i in range(60)]
+    state, transitions = evaluate_deviation(LOAD, State(), steady(30) + shifted)
+    assert [t.kind for t in transitions] == ["fire", "clear"]
+    assert state.phase == "normal" and state.mean is not None and state.mean > 75
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.floats(0, 100)), max_size=80),
+    st.randoms(use_true_random=False),
+)
+def test_deviation_ignores_order_and_duplicates(
+    pairs: list[tuple[int, float]], rnd: random.Random
+) -> None:
+    readings = [(at(m), v) for m, v in pairs]
+    messy = readings + rnd.sample(readings, k=len(readings) // 2)
+    rnd.shuffle(messy)
+    assert evaluate_deviation(LOAD, State(), messy) == evaluate_deviation(
+        LOAD, State(), sorted(readings)
+    )
