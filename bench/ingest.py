@@ -340,6 +340,8 @@ def worker_env(db_url: str, mqtt_url: str, tag: str) -> dict[str, str]:
         "IOC_INGEST_SHARE_GROUP": f"bench-{tag}",
         "IOC_INGEST_CLIENT_ID": f"bench-{tag}",
         "IOC_INGEST_STATS_INTERVAL_S": "3600",
+        # ingest alone: bench/alerts.py measures what the alert engine adds
+        "IOC_ALERTS_ENABLED": "false",
         "IOC_LOG_LEVEL": "WARNING",
     }
 
