@@ -152,6 +152,7 @@ class AlertEngine:
         self._district_of: dict[str, str | None] = {}
         self._districts_at = 0.0
         self.last: Outcome = Outcome()
+        self.failures = 0
 
     def rules(self, conn: psycopg.Connection[Any]) -> RuleIndex:
         """The rule index, reloaded when the rules changed (checked every few seconds)."""
@@ -173,7 +174,18 @@ class AlertEngine:
             self._index = None
 
     def __call__(self, conn: psycopg.Connection[Any], batch: EngineBatch) -> None:
-        self.last = self.evaluate(conn, batch)
+        """Evaluate in a savepoint of the batch transaction. A lost connection or a deadlock
+        propagates (the writer retries the whole batch); any other failure of the engine is
+        logged and counted, and the batch's readings are stored without alert evaluation
+        rather than refused."""
+        try:
+            with conn.transaction():
+                self.last = self.evaluate(conn, batch)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except Exception:
+            self.failures += 1
+            log.exception("alert evaluation failed; the batch is stored without it")
 
     def evaluate(self, conn: psycopg.Connection[Any], batch: EngineBatch) -> Outcome:
         """Evaluate one batch inside its transaction."""

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from alerts import lifecycle
+from alerts.engine import AlertEngine
 from ingest.items import Item
 from ingest.writer import Writer
 from ioc.db import libpq_url
@@ -255,3 +256,19 @@ def test_a_deviation_rule_keeps_its_statistics_across_restarts_and_fires_on_a_sp
     assert rows == [("tram-d", "deviation", "open", 190.0)]
     samples = query(synced_db, "SELECT stat_samples FROM alert_state WHERE source_id = 'tram-d'")
     assert (21,) in samples
+
+
+def test_a_failing_engine_never_costs_a_reading(
+    synced_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: AlertEngine, conn: object, batch: object) -> None:
+        raise ValueError("a bug in a rule")
+
+    monkeypatch.setattr(AlertEngine, "evaluate", broken)
+    with engine_writer(synced_db) as writer:
+        feed(writer, telemetry("tram-z", [(m, 1.5) for m in range(16)]))
+        engine = writer.hooks[0]
+    assert isinstance(engine, AlertEngine)
+    assert engine.failures == 1
+    assert query(synced_db, "SELECT count(*) FROM reading") == [(16,)]
+    assert query(synced_db, "SELECT count(*) FROM ingest_reject") == [(0,)]
