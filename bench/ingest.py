@@ -51,7 +51,7 @@ from ingest.topics import PLAIN_SUBSCRIPTION  # noqa: E402
 from ingest.writer import MOVE_STAGE, STAGE_DDL, Batch  # noqa: E402
 from ioc.db import libpq_url  # noqa: E402
 from ioc.embedded_broker import EmbeddedBroker  # noqa: E402
-from ioc.mqtt import connect_properties, paho_client, parse_mqtt_url  # noqa: E402
+from ioc.mqtt import connect_properties, end_session, paho_client, parse_mqtt_url  # noqa: E402
 from ioc.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,22 +146,18 @@ def register_session(mqtt_url: str, client_id: str, topic_filter: str) -> None:
     client.loop_stop()
 
 
-def forget_session(mqtt_url: str, client_id: str) -> None:
-    """Remove a persistent session (a clean connect with expiry 0), so it queues nothing more."""
+def connect_persistent(client: paho.Client, mqtt_url: str) -> None:
+    """Resume a session registered beforehand, with the ingest consumer's settings."""
     endpoint = parse_mqtt_url(mqtt_url)
-    client = paho_client(endpoint, client_id)
-    connected = threading.Event()
-    client.on_connect = lambda *args: connected.set()
     client.connect(
         endpoint.host,
         endpoint.port,
-        clean_start=True,
-        properties=connect_properties(session_expiry_s=0),
+        clean_start=False,
+        properties=connect_properties(
+            session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM
+        ),
     )
     client.loop_start()
-    connected.wait(10)
-    client.disconnect()
-    client.loop_stop()
 
 
 def publish(mqtt_url: str, payloads: Sequence[tuple[str, bytes]]) -> float:
@@ -292,15 +288,7 @@ def role_raw(out: Path, client_id: str, expect: int, variant: str) -> None:
     if threaded:
         threading.Thread(target=acker, daemon=True).start()
     client.on_message = on_message
-    client.connect(
-        endpoint.host,
-        endpoint.port,
-        clean_start=False,
-        properties=connect_properties(
-            session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM
-        ),
-    )
-    client.loop_start()
+    connect_persistent(client, os.environ["IOC_MQTT_URL"])
     done.wait(600)
     time.sleep(0.5)  # the last acks go out
     client.disconnect()
@@ -366,7 +354,7 @@ def measure_ingest(
         for proc in procs:
             stop_child(proc)
         for client_id in clients:
-            forget_session(mqtt_url, client_id)
+            end_session(mqtt_url, client_id)
         commits: list[tuple[float, int]] = []
         per_worker = []
         for out in outs:
@@ -444,7 +432,7 @@ def measure_raw(mqtt_url: str, readings: int, tmp: Path, variant: str = "auto") 
         *("--client-id", client_id, "--expect", str(count), "--variant", variant),
     )
     proc.wait(600)
-    forget_session(mqtt_url, client_id)
+    end_session(mqtt_url, client_id)
     data = json.loads(out.read_text())
     if data["count"] != count:
         raise RuntimeError(f"raw subscriber got {data['count']} of {count} messages")
@@ -496,19 +484,11 @@ def measure_naive(server_url: str, mqtt_url: str, shape: Shape, readings: int) -
         endpoint = parse_mqtt_url(mqtt_url)
         client = paho_client(endpoint, client_id, persistent=True)
         client.on_message = on_message
-        client.connect(
-            endpoint.host,
-            endpoint.port,
-            clean_start=False,
-            properties=connect_properties(
-                session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM
-            ),
-        )
-        client.loop_start()
+        connect_persistent(client, mqtt_url)
         done.wait(900)
         client.disconnect()
         client.loop_stop()
-        forget_session(mqtt_url, client_id)
+        end_session(mqtt_url, client_id)
         conn.close()
         if count_readings(db_url) != readings:
             raise RuntimeError("the naive bridge lost readings")
@@ -575,7 +555,7 @@ def measure_latency(
         client.loop_stop()
         wait_for_readings(db_url, sent * shape.readings, timeout_s=120)
         stop_child(proc)
-        forget_session(mqtt_url, f"bench-{tag}-0")
+        end_session(mqtt_url, f"bench-{tag}-0")
         lags = sorted(json.loads(out.read_text())["lags"])
     lags = lags[1:]  # the warm-up message
     q = statistics.quantiles(lags, n=100, method="inclusive")

@@ -286,7 +286,7 @@ class Writer:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:
+            except psycopg.Error:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._conn = None
 

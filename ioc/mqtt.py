@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -141,3 +142,24 @@ def connect_properties(*, session_expiry_s: int, receive_maximum: int | None = N
     if receive_maximum is not None:
         props.ReceiveMaximum = receive_maximum
     return props
+
+
+def end_session(mqtt_url: str, client_id: str, *, timeout_s: float = 10.0) -> bool:
+    """Remove a persistent session and its backlog from the broker (a clean connect with
+    session expiry 0, then disconnect); True once the broker accepted the connection."""
+    endpoint = parse_mqtt_url(mqtt_url)
+    client = paho_client(endpoint, client_id)
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
+    client.connect(
+        endpoint.host,
+        endpoint.port,
+        clean_start=True,
+        properties=connect_properties(session_expiry_s=0),
+    )
+    client.loop_start()
+    try:
+        return connected.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as paho
 import pytest
 
 from ioc.embedded_pg import free_port
 from ioc.errors import BrokerError, ConfigError
-from ioc.mqtt import parse_mqtt_url, ping_broker
+from ioc.mqtt import connect_properties, end_session, paho_client, parse_mqtt_url, ping_broker
+from tests.support.ingest import publish_all
 
 
 async def test_ping_a_real_broker(mqtt_url: str) -> None:
@@ -31,3 +37,47 @@ def test_url_parts() -> None:
     assert parse_mqtt_url("mqtt://b").port == 1883
     with pytest.raises(ConfigError):
         parse_mqtt_url("http://b")
+
+
+def _resume(mqtt_url: str, client_id: str, topic: str | None = None) -> tuple[bool, int]:
+    """Connect with clean start off; (session present, messages received within 1 s)."""
+    endpoint = parse_mqtt_url(mqtt_url)
+    client = paho_client(endpoint, client_id, persistent=True)
+    got: list[bytes] = []
+    present: list[bool] = []
+    ready = threading.Event()
+
+    def on_connect(c: paho.Client, u: object, flags: paho.ConnectFlags, *rest: object) -> None:
+        present.append(flags.session_present)
+        if topic is not None:
+            c.subscribe(topic, qos=1)
+        else:
+            ready.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *args: ready.set()
+    client.on_message = lambda c, u, msg: got.append(msg.payload)
+    client.connect(
+        endpoint.host,
+        endpoint.port,
+        clean_start=False,
+        properties=connect_properties(session_expiry_s=3600),
+    )
+    client.loop_start()
+    assert ready.wait(10)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not got:
+        time.sleep(0.05)  # a queued message would arrive at once
+    client.disconnect()
+    client.loop_stop()
+    return present[0], len(got)
+
+
+def test_end_session_drops_a_persistent_session_and_its_backlog(mqtt_url: str) -> None:
+    client_id, topic = f"test-end-{uuid.uuid4().hex[:8]}", f"test/end/{uuid.uuid4().hex[:8]}"
+    _resume(mqtt_url, client_id, topic)  # the session now holds a subscription
+    publish_all(mqtt_url, [(topic, b"kept")])
+    assert _resume(mqtt_url, client_id) == (True, 1)  # the session kept it while away
+    publish_all(mqtt_url, [(topic, b"dropped")])
+    assert end_session(mqtt_url, client_id)
+    assert _resume(mqtt_url, client_id) == (False, 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +22,7 @@ from ingest.validation import Rules
 from ingest.writer import Writer
 from ioc.catalogue import Profile, load_profile
 from ioc.db import libpq_url, sqlalchemy_url
-from ioc.mqtt import Protocol, connect_properties, paho_client, parse_mqtt_url
+from ioc.mqtt import Protocol, end_session, paho_client, parse_mqtt_url
 from ioc.sync import sync_profile
 
 T = TypeVar("T")
@@ -136,24 +135,6 @@ def publish_all(
     with Publisher(mqtt_url, protocol=protocol) as pub:
         for topic, payload in messages:
             pub.publish(topic, payload, qos=qos)
-
-
-def end_session(mqtt_url: str, client_id: str) -> None:
-    """Remove a persistent session from the broker (connect clean, expiry 0, disconnect)."""
-    endpoint = parse_mqtt_url(mqtt_url)
-    client = paho_client(endpoint, client_id)
-    connected = threading.Event()
-    client.on_connect = lambda *args: connected.set()
-    client.connect(
-        endpoint.host,
-        endpoint.port,
-        clean_start=True,
-        properties=connect_properties(session_expiry_s=0),
-    )
-    client.loop_start()
-    connected.wait(10)
-    client.disconnect()
-    client.loop_stop()
 
 
 @contextmanager
