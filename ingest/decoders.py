@@ -29,6 +29,8 @@ class Sample:
     metric: str
     ts: datetime
     value: float
+    relative: bool = False
+    """Timed from the receipt of the message (no time sent, or a SenML relative time)."""
 
 
 @dataclass(slots=True)
@@ -95,7 +97,8 @@ def _telemetry_object(
         problems.append(Problem(reasons.MALFORMED, f'{where}has no "values" object'))
         return
     raw_ts = item.get("ts")
-    if raw_ts is None:
+    relative = raw_ts is None
+    if relative:
         ts = received_at
     else:
         try:
@@ -107,7 +110,7 @@ def _telemetry_object(
     for metric, raw in values.items():
         value = _number(metric, raw, problems)
         if value is not None:
-            out.append(Sample(metric, ts, value))
+            out.append(Sample(metric, ts, value, relative))
 
 
 def decode_telemetry(
@@ -171,11 +174,8 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
             if not metric:
                 raise DecodeError(reasons.MALFORMED, "a record without a name")
             t = base_time + (_finite(record["t"], "t") if "t" in record else 0.0)
-            ts = (
-                received_at + timedelta(seconds=t)
-                if t < SENML_RELATIVE_LIMIT_S
-                else parse_time(t * 1000)
-            )
+            relative = t < SENML_RELATIVE_LIMIT_S
+            ts = received_at + timedelta(seconds=t) if relative else parse_time(t * 1000)
         except DecodeError as exc:
             problems.append(Problem(exc.reason, where + exc.detail))
             continue
@@ -206,7 +206,7 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
             )
             continue
         if value is not None:
-            samples.append(Sample(metric, ts, value))
+            samples.append(Sample(metric, ts, value, relative))
     if not samples and problems and all(p.reason == reasons.MALFORMED for p in problems):
         raise DecodeError(reasons.MALFORMED, problems[0].detail)
     return samples, problems

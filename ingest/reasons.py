@@ -16,6 +16,9 @@ NOT_FINITE: Final = "not_finite"
 OUT_OF_RANGE: Final = "out_of_range"
 FUTURE_TIME: Final = "future_time"
 TOO_OLD: Final = "too_old"
+WRONG_SECTOR: Final = "wrong_sector"
+UNIT_MISMATCH: Final = "unit_mismatch"
+DUPLICATE: Final = "duplicate"
 
 ALL: Final = (
     BAD_TOPIC,
@@ -30,8 +33,15 @@ ALL: Final = (
     OUT_OF_RANGE,
     FUTURE_TIME,
     TOO_OLD,
+    WRONG_SECTOR,
+    UNIT_MISMATCH,
+    DUPLICATE,
 )
 
 # Not bad input: the database refused an item that it could not store even alone (e.g. its
 # sector row is missing); it is kept here rather than retried forever or dropped.
 WRITE_FAILED: Final = "write_failed"
+
+# Not bad input either: handling the message raised an unexpected exception (a defect of ours);
+# the message is kept here with the error so that it neither stops the worker nor gets lost.
+INTERNAL: Final = "internal"

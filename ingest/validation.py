@@ -30,6 +30,8 @@ class Checked:
     ts: datetime
     value: float
     catalogued: bool
+    relative: bool = False
+    """Timed from the receipt of the message: redeliveries are restamped by the writer."""
 
 
 @dataclass(frozen=True)
@@ -116,5 +118,5 @@ def check_samples(
                 )
             )
             continue
-        kept.append(Checked(s.metric, s.ts, s.value, limits is not None))
+        kept.append(Checked(s.metric, s.ts, s.value, limits is not None, s.relative))
     return kept, problems
