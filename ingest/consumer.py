@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -13,7 +14,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ingest import metrics
+from ingest import metrics, reasons
 from ingest.items import Item, build_item
 from ingest.topics import SUBSCRIPTION, is_outbound
 from ingest.validation import Rules
@@ -69,8 +70,11 @@ class Consumer:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._accepting = True
+        self._started = False
+        self._logged_failures: set[tuple[str, str, int]] = set()
         self.session_present: bool | None = None
         self.received = 0
+        self.internal_errors = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -97,6 +101,7 @@ class Consumer:
                 f"MQTT broker {self._endpoint.host}:{self._endpoint.port} unreachable: {exc}"
             ) from None
         self._client.loop_start()
+        self._started = True
         # started means subscribed: a message published after start() returns is ours
         if not (
             self._connected.wait(CONNECT_TIMEOUT_S) and self._subscribed.wait(CONNECT_TIMEOUT_S)
@@ -122,6 +127,14 @@ class Consumer:
     def connected(self) -> bool:
         """Whether the consumer is connected right now."""
         return self._connected.is_set()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the network thread died: nothing more is received, the process must exit.
+
+        paho ends its thread on an exception it does not handle itself; it then clears
+        `_thread` (its own attribute: no public way to learn that the loop is gone)."""
+        return self._started and self._accepting and self._client._thread is None
 
     # -- callbacks (network thread) --------------------------------------------------------
 
@@ -190,20 +203,51 @@ class Consumer:
         if not self._accepting:
             return  # not acked: redelivered to the next session
         self.received += 1
-        payload = msg.payload
-        item = build_item(
-            topic,
-            payload if isinstance(payload, bytes) else bytes(payload),
-            received_at=datetime.now(UTC),
-            rules=self.rules,
-            max_payload_bytes=self.config.max_payload_bytes,
-        )
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        received_at = datetime.now(UTC)
+        try:
+            item = build_item(
+                topic,
+                payload,
+                received_at=received_at,
+                rules=self.rules,
+                max_payload_bytes=self.config.max_payload_bytes,
+            )
+        except Exception as exc:  # noqa: BLE001
+            # A defect of ours, not bad input: keep the message with the error rather than
+            # let it kill the network thread (and the next delivery of it, again and again).
+            item = self._internal_error(topic, payload, received_at, exc)
         kind = topic.rsplit("/", 1)[-1]
         metrics.MESSAGES.labels(kind if kind in _KINDS else "other").inc()
+        item.redelivered = bool(msg.dup)
         if qos > 0:
-            item.done = _Acker(self, generation, mid, qos)
+            acker = _Acker(self, generation, mid, qos)
+            item.done = acker
+            item.connection_lost = acker.connection_lost
         # Blocks while the writer's queue is full: the broker then holds the backlog.
         self.writer.submit(item)
+
+    def _internal_error(
+        self, topic: str, payload: bytes, received_at: datetime, exc: Exception
+    ) -> Item:
+        self.internal_errors += 1
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = (type(exc).__name__, tb[-1].filename, tb[-1].lineno or 0) if tb else ("", "", 0)
+        if where in self._logged_failures:
+            log.error(
+                "message handling failed again (traceback logged before)",
+                extra={"topic": topic[:200], "error": repr(exc)[:300]},
+            )
+        else:
+            self._logged_failures.add(where)
+            log.error(
+                "message handling failed; kept as a reject",
+                exc_info=exc,
+                extra={"topic": topic[:200]},
+            )
+        item = Item(topic=topic, payload=payload, received_at=received_at)
+        item.reject_all(reasons.INTERNAL, f"{type(exc).__name__}: {exc}"[:2000])
+        return item
 
     def _ack(self, generation: int, mid: int, qos: int) -> None:
         if qos > 0 and generation == self._generation:
@@ -226,3 +270,7 @@ class _Acker:
 
     def __call__(self, item: Item) -> None:
         self.consumer._ack(self.generation, self.mid, self.qos)
+
+    def connection_lost(self) -> bool:
+        """Whether the connection that delivered the message dropped: the broker redelivers it."""
+        return self.generation != self.consumer._generation

@@ -46,6 +46,10 @@ class Item:
     event: EventIn | None = None
     done: Callable[[Item], None] | None = None
     event_id: int | None = None  # set by the writer when the event was stored
+    redelivered: bool = False
+    """The broker marked it as possibly delivered before (MQTT DUP flag)."""
+    connection_lost: Callable[[], bool] | None = None
+    """True once the connection that delivered it dropped (its copy will come again)."""
 
     @property
     def rows(self) -> int:

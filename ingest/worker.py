@@ -19,11 +19,13 @@ from ingest.topics import PLAIN_SUBSCRIPTION
 from ingest.validation import Rules
 from ingest.writer import AfterCommit, BatchHook, Writer
 from ioc.catalogue import Profile
+from ioc.errors import WorkerFailed
 from ioc.settings import Settings
 
 log = logging.getLogger("ioc.ingest.worker")
 
 RESTART_BACKOFF_MAX_S: Final = 30.0
+HEALTH_CHECK_S: Final = 0.5
 STOP_GRACE_S: Final = 40.0
 
 
@@ -104,7 +106,13 @@ def run_worker(
     stats.start()
     log.info("ingest worker running", extra={"worker": index, "profile": profile.name})
     try:
-        stop.wait()
+        while not stop.wait(HEALTH_CHECK_S):
+            # a worker whose threads died must not live on looking connected: exit non-zero
+            # so that the supervisor (ioc ingest, systemd, docker) starts a new one
+            if consumer.failed:
+                raise WorkerFailed("the MQTT network thread died; exiting to be restarted")
+            if not writer.alive:
+                raise WorkerFailed("the database writer thread died; exiting to be restarted")
     finally:
         drained = consumer.stop()
         stats.stop()

@@ -167,6 +167,11 @@ class Writer:
             self._cond.notify_all()
         return True
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs (or has not started, or stopped as asked)."""
+        return self._thread.is_alive() or self._stopping or self._thread.ident is None
+
     def pending(self) -> tuple[int, int]:
         """Rows and bytes waiting to be written."""
         with self._cond:

@@ -38,3 +38,7 @@ class IngestError(IocError):
 
 class DecodeError(IngestError):
     """A message could not be decoded as a whole (bad topic, malformed payload, too large)."""
+
+
+class WorkerFailed(IocError):
+    """A thread of an ingest worker died: the process exits non-zero to be restarted."""
