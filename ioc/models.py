@@ -343,3 +343,22 @@ class IngestReject(Base):
     reason: Mapped[str] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
     source_id: Mapped[str | None] = mapped_column(Text)
+
+
+class IngestReceipt(Base):
+    """A message whose stored rows depend on its delivery (receipt-timed readings, rejects).
+
+    A redelivered copy of it (MQTT DUP, or a copy held from a dropped connection) takes the
+    recorded stamp instead of a new one, so it stores nothing twice."""
+
+    __tablename__ = "ingest_receipt"
+    __table_args__ = (
+        PrimaryKeyConstraint("digest", "received_at"),
+        Index(None, "received_at"),
+    )
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    """First 16 bytes of sha256(topic NUL payload)."""
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    redelivery: Mapped[bool] = mapped_column(server_default=text("false"))
+    """Recorded by a copy the broker marked as redelivered."""

@@ -24,6 +24,7 @@ TABLES = {
     "notify_cursor",
     "alert_event",
     "api_key",
+    "ingest_receipt",
     "audit_log",
     "ingest_reject",
 }
