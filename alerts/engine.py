@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -94,6 +94,11 @@ class EngineBatch(Protocol):
 
     @property
     def events(self) -> Sequence[Any]: ...
+
+    @property
+    def source_sectors(self) -> Mapping[str, str]:
+        """The registered sector of each source in the batch."""
+        ...
 
 
 @dataclass(slots=True)
@@ -192,7 +197,8 @@ class AlertEngine:
         index = self.rules(conn)
         if not index:
             return Outcome()
-        sectors = {i.source_id: i.sector for i in batch.items if i.source_id and i.sector}
+        # the source's registered sector, never the topic of one of its messages
+        sectors = batch.source_sectors
         series: dict[tuple[str, str], _Series] = {}
         for sid, source, metric, ts, value in batch.readings:
             view = series.get((source, metric))
@@ -369,7 +375,7 @@ class AlertEngine:
     def _silence_recovered(
         cur: lifecycle.Cursor,
         index: RuleIndex,
-        sectors: dict[str, str],
+        sectors: Mapping[str, str],
         sources: set[str],
         counts: list[int],
     ) -> None:

@@ -50,6 +50,11 @@ class Item:
     """The broker marked it as possibly delivered before (MQTT DUP flag)."""
     connection_lost: Callable[[], bool] | None = None
     """True once the connection that delivered it dropped (its copy will come again)."""
+    stamped_at: datetime = field(init=False)
+    """The receipt time its receipt-timed readings count from (a redelivery's is restamped)."""
+
+    def __post_init__(self) -> None:
+        self.stamped_at = self.received_at
 
     @property
     def rows(self) -> int:

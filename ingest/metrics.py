@@ -36,6 +36,10 @@ LAG_SECONDS: Final = Histogram(
 QUEUE_ROWS: Final = Gauge("ioc_ingest_queue_rows", "Readings waiting to be written")
 QUEUE_BYTES: Final = Gauge("ioc_ingest_queue_bytes", "Payload bytes waiting to be written")
 DB_RETRIES: Final = Counter("ioc_ingest_db_retries", "Batch writes retried after a database error")
+REDELIVERIES: Final = Counter(
+    "ioc_ingest_redeliveries",
+    "Messages timed by their receipt, or with rejects, recognised as delivered before",
+)
 
 
 def _total(counter: Counter) -> float:
@@ -61,6 +65,7 @@ def snapshot() -> dict[str, float]:
         "rejected": _total(REJECTS),
         "events": _total(EVENTS),
         "db_retries": _total(DB_RETRIES),
+        "redeliveries": _total(REDELIVERIES),
         "queue_rows": _gauge(QUEUE_ROWS),
         "queue_bytes": _gauge(QUEUE_BYTES),
     }

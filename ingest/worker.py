@@ -61,6 +61,7 @@ def writer_for(
         queue_max_rows=settings.ingest_queue_max_rows,
         queue_max_bytes=settings.ingest_queue_max_bytes,
         strict_sources=settings.ingest_strict_sources,
+        receipt_window_s=settings.ingest_session_expiry_s,
         hooks=hooks,
         after_commit=after_commit,
     )

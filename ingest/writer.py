@@ -8,14 +8,17 @@ from reading its socket so the broker keeps the backlog.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import logging
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import psycopg
@@ -30,6 +33,9 @@ log = logging.getLogger("ioc.ingest.writer")
 BACKOFF_START_S: Final = 0.2
 BACKOFF_MAX_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5
+PROBE_INTERVAL_S: Final = 0.5
+"""While the database is unreachable, how often a TCP probe looks whether it is back."""
+PROBE_TIMEOUT_S: Final = 0.5
 
 STAGE_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS reading_stage "
@@ -45,6 +51,7 @@ ON CONFLICT (id) DO UPDATE
 SET status = CASE WHEN excluded.status = 'unknown' THEN s.status ELSE excluded.status END,
     last_seen_at = greatest(s.last_seen_at, excluded.last_seen_at),
     last_reading_at = greatest(s.last_reading_at, excluded.last_reading_at)
+RETURNING id, sector_id
 """
 _INSERT_SERIES: Final = """
 INSERT INTO series (source_id, metric, catalogued)
@@ -69,6 +76,30 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
+_RECORD_RECEIPTS: Final = """
+INSERT INTO ingest_receipt (digest, received_at, redelivery)
+SELECT * FROM unnest(%s::bytea[], %s::timestamptz[], %s::boolean[])
+ON CONFLICT DO NOTHING
+"""
+# A redelivered copy takes the latest stamp recorded for the same message; a copy held from a
+# dropped connection takes the stamp of a redelivered copy already stored after its receipt.
+_FIND_RECEIPT: Final = """
+SELECT received_at FROM ingest_receipt
+WHERE digest = %s AND received_at >= %s
+ORDER BY received_at DESC LIMIT 1
+"""
+_FIND_REDELIVERED_RECEIPT: Final = """
+SELECT received_at FROM ingest_receipt
+WHERE digest = %s AND redelivery AND received_at >= %s
+ORDER BY received_at LIMIT 1
+"""
+_PRUNE_RECEIPTS: Final = (
+    "DELETE FROM ingest_receipt WHERE ctid = ANY(ARRAY("
+    "SELECT ctid FROM ingest_receipt WHERE received_at < %s LIMIT 50000))"
+)
+# the two-key advisory lock space: no clash with the single-key locks of the alerts package
+RECEIPT_LOCK_CLASS: Final = 0x10C_4EC
+RECEIPT_PRUNE_EVERY_S: Final = 3600.0
 _INSERT_REJECT: Final = (
     "INSERT INTO ingest_reject (received_at, topic, payload, reason, detail, source_id) "
     "VALUES (%s, %s, %s, %s, %s, %s)"
@@ -87,12 +118,47 @@ class Batch:
     stored: int = 0
     events: list[Item] = field(default_factory=list)
     """Items whose event was newly stored (their `event_id` is set)."""
+    source_sectors: dict[str, str] = field(default_factory=dict)
+    """The sector of every source in the batch, as registered (a reading is judged by it)."""
+
+
+class _Wake(enum.Enum):
+    """Why a back-off wait ended."""
+
+    ELAPSED = "elapsed"
+    RECOVERED = "recovered"
+    ABANDON = "abandon"
+
+
+class _SectorRace(Exception):
+    """Another worker registered a new source under another sector meanwhile: write again."""
 
 
 BatchHook = Callable[[psycopg.Connection[tuple[object, ...]], Batch], None]
 """Runs inside the batch transaction, before the commit (the alert engine)."""
 AfterCommit = Callable[[Batch, datetime], None]
 """Runs on the writer thread once a batch committed, with the commit time (notifiers)."""
+
+
+def receipt_digest(item: Item) -> bytes:
+    """What identifies a message across its deliveries: its topic and payload."""
+    topic = (item.topic or "").encode("utf-8", "surrogatepass")
+    return hashlib.sha256(topic + b"\0" + item.payload).digest()[:16]
+
+
+def _needs_receipt(item: Item) -> bool:
+    """Whether what the item stores depends on when it was received."""
+    return bool(item.rejects) or any(r.relative for r in item.readings)
+
+
+def _restamp(item: Item, stamp: datetime) -> None:
+    """Time the item as received at `stamp` (a redelivery of a message received then)."""
+    shift = stamp - item.stamped_at
+    if shift:
+        item.readings = [
+            dataclasses.replace(r, ts=r.ts + shift) if r.relative else r for r in item.readings
+        ]
+        item.stamped_at = stamp
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -111,6 +177,9 @@ class Writer:
         queue_max_rows: int = 200_000,
         queue_max_bytes: int = 64 * 1024 * 1024,
         strict_sources: bool = False,
+        receipt_window_s: float = 7 * 24 * 3600,
+        backoff_start_s: float = BACKOFF_START_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
         hooks: Sequence[BatchHook] = (),
         after_commit: Sequence[AfterCommit] = (),
         name: str = "ingest-writer",
@@ -120,6 +189,9 @@ class Writer:
         self.queue_max_rows = queue_max_rows
         self.queue_max_bytes = queue_max_bytes
         self.strict_sources = strict_sources
+        self.receipt_window = timedelta(seconds=receipt_window_s)
+        self.backoff_start_s = backoff_start_s
+        self.backoff_max_s = backoff_max_s
         self.hooks = list(hooks)
         self.after_commit = list(after_commit)
         self._queue: deque[Item] = deque()
@@ -127,12 +199,16 @@ class Writer:
         self._bytes = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._abandon = False
+        # set only to give up on a stop: arrivals must not cut a back-off wait short
+        self._abandon = threading.Event()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._series: dict[SeriesKey, int] = {}
         self._known_sources: set[str] = set()
+        self._source_sectors: dict[str, str] = {}
+        self._pruned_at = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.batches = 0
+        self.retries = 0
         self.last_error: str | None = None
 
     # -- queue -----------------------------------------------------------------------------
@@ -184,10 +260,8 @@ class Writer:
             self._cond.notify_all()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            with self._cond:
-                self._abandon = True  # not acknowledged: the broker redelivers it later
-                self._cond.notify_all()
-            self._thread.join(BACKOFF_MAX_S + CONNECT_TIMEOUT_S + 5)
+            self._abandon.set()  # not acknowledged: the broker redelivers it later
+            self._thread.join(CONNECT_TIMEOUT_S + 5)
         with self._cond:
             return self._rows == 0 and not self._queue
 
@@ -229,11 +303,22 @@ class Writer:
                         item.done(item)
                     except Exception:
                         log.exception("acknowledgement callback failed")
+            if time.monotonic() - self._pruned_at > RECEIPT_PRUNE_EVERY_S:
+                self._pruned_at = time.monotonic()
+                try:
+                    self.prune_receipts()
+                except psycopg.Error as exc:
+                    log.warning("pruning old receipts failed", extra={"error": str(exc)[:300]})
+                    self._close()
         self._close()
 
     def _write_until_done(self, items: list[Item]) -> bool:
-        """Write the batch, retrying transient errors with capped backoff; False if abandoned."""
-        backoff = BACKOFF_START_S
+        """Write the batch, retrying transient errors with capped backoff; False if abandoned.
+
+        Items arriving meanwhile only queue: they never cut the wait short. While the
+        database is unreachable a cheap TCP probe runs on its own timer, and the batch is
+        retried as soon as the server listens again."""
+        backoff = self.backoff_start_s
         while True:
             try:
                 self._write_isolating(items)
@@ -246,18 +331,52 @@ class Writer:
                     log.exception("batch write failed")
                 self.last_error = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
                 metrics.DB_RETRIES.inc()
+                self.retries += 1
                 log.warning(
                     "database write failed, retrying",
                     extra={"error": self.last_error, "retry_in_s": backoff, "items": len(items)},
                 )
+                unreachable = self._conn is None or self._conn.broken or self._conn.closed
                 self._close()
-            with self._cond:
-                if self._abandon:
-                    return False
-                self._cond.wait(backoff)
-                if self._abandon:
-                    return False
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            woke = self._pause(backoff, probe=unreachable)
+            if woke is _Wake.ABANDON:
+                return False
+            if woke is _Wake.RECOVERED:
+                backoff = self.backoff_start_s  # a new outage, if any, starts afresh
+            else:
+                backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _pause(self, wait_s: float, *, probe: bool) -> _Wake:
+        """Wait before a retry; with `probe`, end early once the server listens again."""
+        deadline = time.monotonic() + wait_s
+        was_down = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _Wake.ELAPSED
+            if self._abandon.wait(min(remaining, PROBE_INTERVAL_S) if probe else remaining):
+                return _Wake.ABANDON
+            if probe and deadline - time.monotonic() > 0:
+                up = self._listening()
+                if up and was_down:
+                    return _Wake.RECOVERED
+                was_down = not up
+
+    def _listening(self) -> bool:
+        """Whether the database server accepts TCP (or Unix socket) connections."""
+        params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        host = str(params.get("host") or params.get("hostaddr") or "").split(",")[0]
+        port = int(str(params.get("port") or "5432").split(",")[0])
+        try:
+            if not host or host.startswith("/"):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(PROBE_TIMEOUT_S)
+                    sock.connect(f"{host or '/var/run/postgresql'}/.s.PGSQL.{port}")
+            else:
+                socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        except OSError:
+            return False
+        return True
 
     def _write_isolating(self, items: list[Item]) -> None:
         """Write a batch; when the database refuses it for its content, find the culprit."""
@@ -296,6 +415,15 @@ class Writer:
             self._conn = None
 
     def _write(self, items: list[Item]) -> None:
+        for _ in range(3):
+            try:
+                self._write_once(items)
+                return
+            except _SectorRace:
+                continue  # the cache now knows the winning sector: those items are refused
+        self._write_once(items)
+
+    def _write_once(self, items: list[Item]) -> None:
         started = time.perf_counter()
         conn = self._connection()
         batch = Batch(items)
@@ -304,7 +432,9 @@ class Writer:
             with conn.cursor() as cur:
                 if self.strict_sources:
                     self._reject_unknown_sources(cur, items)
-                self._upsert_sources(cur, items)
+                self._check_sectors(cur, items, batch)
+                self._receipts(cur, items)
+                self._upsert_sources(cur, items, batch)
                 new_series = self._series_ids(cur, items)
                 self._copy_readings(cur, items, new_series, batch)
                 self._insert_events(cur, items, batch)
@@ -332,6 +462,92 @@ class Writer:
             except Exception:
                 log.exception("after-commit observer failed")
 
+    def _check_sectors(
+        self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item], batch: Batch
+    ) -> None:
+        """Refuse messages on another sector's topic than their source's (`wrong_sector`)."""
+        known = self._source_sectors
+        wanted = {str(i.source_id) for i in items if _registers(i) and i.source_id not in known}
+        if wanted:
+            cur.execute("SELECT id, sector_id FROM source WHERE id = ANY(%s)", (sorted(wanted),))
+            for source_id, sector_id in cur.fetchall():
+                known[str(source_id)] = str(sector_id)
+        sectors = batch.source_sectors
+        for item in items:
+            if not _registers(item):
+                continue
+            source, sector = str(item.source_id), str(item.sector)
+            # a new source belongs to the sector of its first message
+            owner = sectors.setdefault(source, known.get(source, sector))
+            if owner != sector:
+                item.reject_all(
+                    reasons.WRONG_SECTOR,
+                    f"source {source!r} belongs to sector {owner!r}, not {sector!r}",
+                )
+
+    def _receipts(self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]) -> None:
+        """Record the receipts of messages timed by their delivery; restamp redeliveries."""
+        normal: list[tuple[bytes, Item]] = []
+        again: list[tuple[bytes, int, Item, bool]] = []
+        for n, item in enumerate(items):
+            if not _needs_receipt(item):
+                continue
+            digest = receipt_digest(item)
+            lost = item.connection_lost is not None and item.connection_lost()
+            if item.redelivered or lost:
+                again.append((digest, n, item, item.redelivered))
+            else:
+                normal.append((digest, item))
+        if normal:
+            cur.execute(
+                _RECORD_RECEIPTS,
+                (
+                    [d for d, _ in normal],
+                    [i.stamped_at for _, i in normal],
+                    [False] * len(normal),
+                ),
+            )
+        if not again:
+            return
+        # Rare: a copy that may have been stored before. Serialize on the message across
+        # workers, so the copy that comes second sees what the first one committed.
+        oldest = datetime.now(UTC) - self.receipt_window
+        for digest, _, item, redelivered in sorted(again, key=lambda a: (a[0], a[1])):
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                (RECEIPT_LOCK_CLASS, int.from_bytes(digest[:4], "big", signed=True)),
+            )
+            if redelivered:
+                cur.execute(_FIND_RECEIPT, (digest, oldest))
+            else:
+                cur.execute(_FIND_REDELIVERED_RECEIPT, (digest, item.received_at))
+            row = cur.fetchone()
+            if row is not None:
+                # stored before: the same readings (same times) are ignored by the table's
+                # key, and its rejects are already kept
+                _restamp(item, row[0])  # type: ignore[arg-type]
+                item.rejects = []
+                item.reject_counts.clear()
+                metrics.REDELIVERIES.inc()
+            else:
+                cur.execute(_RECORD_RECEIPTS, ([digest], [item.stamped_at], [redelivered]))
+
+    def prune_receipts(self) -> int:
+        """Forget receipts older than the redelivery window; how many went."""
+        conn = self._connection()
+        total = 0
+        try:
+            while True:
+                cur = conn.execute(_PRUNE_RECEIPTS, (datetime.now(UTC) - self.receipt_window,))
+                conn.commit()
+                total += max(cur.rowcount, 0)
+                if cur.rowcount < 50_000:
+                    return total
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+
     def _reject_unknown_sources(
         self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]
     ) -> None:
@@ -352,17 +568,16 @@ class Writer:
                     f"source {item.source_id!r} is not registered (IOC_INGEST_STRICT_SOURCES)",
                 )
 
-    @staticmethod
-    def _upsert_sources(cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]) -> None:
+    def _upsert_sources(
+        self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item], batch: Batch
+    ) -> None:
         seen: dict[str, list[object]] = {}
         for item in items:
-            if not item.source_id or not item.sector:
-                continue
-            if not (item.readings or item.status or item.event):
+            if not _registers(item):
                 continue
             # status: readings mean online, a status message says; an event alone says nothing
             # [sector, status, newest reading time, last receipt of readings]
-            row = seen.setdefault(item.source_id, [item.sector, None, None, None])
+            row = seen.setdefault(str(item.source_id), [item.sector, None, None, None])
             if item.readings:
                 newest = max(r.ts for r in item.readings)
                 last = row[2]
@@ -379,6 +594,13 @@ class Writer:
             _UPSERT_SOURCES,
             [ids, *([seen[i][k] for i in ids] for k in range(4))],
         )
+        raced = False
+        for source_id, sector_id in cur.fetchall():
+            self._source_sectors[str(source_id)] = str(sector_id)
+            if batch.source_sectors.get(str(source_id)) != sector_id:
+                raced = True
+        if raced:
+            raise _SectorRace
 
     def _series_ids(
         self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]
@@ -500,3 +722,8 @@ class Writer:
             if item.readings:
                 newest = max(r.ts for r in item.readings)
                 metrics.LAG_SECONDS.observe(max(0.0, (committed - newest).total_seconds()))
+
+
+def _registers(item: Item) -> bool:
+    """Whether the item names a source and brings something that registers it."""
+    return bool(item.source_id and item.sector and (item.readings or item.status or item.event))
