@@ -209,6 +209,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.batches = 0
         self.retries = 0
+        self.probes_down = 0
         self.last_error: str | None = None
 
     # -- queue -----------------------------------------------------------------------------
@@ -359,8 +360,10 @@ class Writer:
             if probe and deadline - time.monotonic() > 0:
                 up = self._listening()
                 if up and was_down:
+                    log.info("database reachable again, retrying now")
                     return _Wake.RECOVERED
                 was_down = not up
+                self.probes_down += was_down
 
     def _listening(self) -> bool:
         """Whether the database server accepts TCP (or Unix socket) connections."""
