@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,10 +17,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest import metrics, reasons
 from ingest.items import Item, build_item
-from ingest.topics import SUBSCRIPTION, is_outbound
+from ingest.topics import SUBSCRIPTION, is_outbound, parse_topic
 from ingest.validation import Rules
 from ingest.writer import Writer
-from ioc.errors import BrokerError
+from ioc.errors import BrokerError, DecodeError
 from ioc.mqtt import Protocol, connect_properties, paho_client, parse_mqtt_url
 
 log = logging.getLogger("ioc.ingest.consumer")
@@ -246,6 +247,8 @@ class Consumer:
                 extra={"topic": topic[:200]},
             )
         item = Item(topic=topic, payload=payload, received_at=received_at)
+        with contextlib.suppress(DecodeError):
+            item.source_id = parse_topic(topic).source_id
         item.reject_all(reasons.INTERNAL, f"{type(exc).__name__}: {exc}"[:2000])
         return item
 
