@@ -6,7 +6,9 @@ import asyncio
 import logging
 from datetime import timedelta
 
+import psycopg
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -78,12 +80,14 @@ async def prune_readings(engine: AsyncEngine, days: int) -> int:
 async def retention_loop(
     engine: AsyncEngine, days: int, every_s: float = RETENTION_INTERVAL_S
 ) -> None:
-    """Prune old readings now and then every `every_s` seconds, until cancelled."""
+    """Prune old readings now and then every `every_s` seconds, until cancelled; a failed
+    round (database down, restarting, a lock timeout) is logged and the next one runs."""
     while True:
         try:
             removed = await prune_readings(engine, days)
             if removed:
                 log.info("pruned old readings", extra={"rows": removed, "days": days})
-        except OSError as exc:
-            log.warning("retention prune failed", extra={"error": str(exc)})
+        except (SQLAlchemyError, psycopg.Error, OSError) as exc:
+            error = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            log.warning("retention prune failed", extra={"error": error[0] if error else repr(exc)})
         await asyncio.sleep(every_s)

@@ -4,12 +4,16 @@ One question (series, range, bucket, function, time zone) gets the same answer o
 and on plain PostgreSQL. The range is widened to whole buckets; buckets of a day or longer
 follow the calendar of the given time zone (local midnight, ISO weeks from Monday, months),
 shorter buckets are fixed widths counted from local midnight of 2000-01-01.
+
+On TimescaleDB, readings that arrived too late for the refresh policies are listed in
+`cagg_refresh_pending` (by the ingest writer) until `ioc.cagg_refresh` has re-materialised
+them; the buckets overlapping such a range are answered from raw rows meanwhile.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,6 +28,12 @@ from ioc.errors import QueryError
 DAY = timedelta(days=1)
 MAX_POINTS = 500_000
 """Most buckets one question may return (series times buckets), to keep answers bounded."""
+MAX_RAW_SPANS = 16
+"""Most separate stretches of a cagg answer read from raw rows (more are merged across gaps)."""
+PENDING_TABLE = "cagg_refresh_pending"
+"""Time ranges whose late readings the continuous aggregates may not hold yet (Timescale)."""
+
+TimeRange = tuple[datetime, datetime]
 
 _FIXED_RE = re.compile(r"^(\d+)(m|h)$")
 _EPOCH_LOCAL = datetime(2000, 1, 1)  # noqa: DTZ001  (made aware per zone in _origin)
@@ -80,9 +90,11 @@ class Point:
 
 @dataclass(frozen=True)
 class Storage:
-    """Which continuous aggregates exist, by bucket width, coarsest last."""
+    """Which continuous aggregates exist, by bucket width, coarsest last; `pending`: whether
+    late-data ranges are tracked (the aggregates may lag behind raw rows there)."""
 
     caggs: tuple[tuple[timedelta, str], ...] = ()
+    pending: bool = False
 
     @property
     def timescale(self) -> bool:
@@ -99,16 +111,18 @@ CAGG_VIEWS = (
 
 async def detect_storage(conn: AsyncConnection | AsyncSession) -> Storage:
     """Find the continuous aggregates of this database (none on plain PostgreSQL)."""
+    if not await _has_timescale(conn):
+        return Storage()
     rows = await conn.execute(
         text(
             "SELECT view_name FROM timescaledb_information.continuous_aggregates "
             "WHERE view_schema = current_schema()"
         )
-        if await _has_timescale(conn)
-        else text("SELECT NULL::text WHERE false")
     )
     present = {r[0] for r in rows}
-    return Storage(tuple((w, v) for w, v in CAGG_VIEWS if v in present))
+    caggs = tuple((w, v) for w, v in CAGG_VIEWS if v in present)
+    tracked = await conn.execute(text(f"SELECT to_regclass('{PENDING_TABLE}') IS NOT NULL"))
+    return Storage(caggs, pending=bool(caggs) and bool(tracked.scalar()))
 
 
 async def _has_timescale(conn: AsyncConnection | AsyncSession) -> bool:
@@ -180,6 +194,47 @@ def _offsets(start: datetime, end: datetime, tz: ZoneInfo) -> set[timedelta]:
     return seen
 
 
+def merge_ranges(ranges: Iterable[TimeRange], max_count: int | None = None) -> list[TimeRange]:
+    """Union of half-open ranges, sorted; with `max_count`, the smallest gaps are bridged
+    until at most that many remain (the result then covers more, never less)."""
+    merged: list[TimeRange] = []
+    for lo, hi in sorted(r for r in ranges if r[0] < r[1]):
+        if merged and lo <= merged[-1][1]:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    if max_count is None or len(merged) <= max(max_count, 1):
+        return merged
+    # the widest gaps stay gaps; merged[i] joins its predecessor across any other
+    widest = sorted(range(1, len(merged)), key=lambda i: merged[i][0] - merged[i - 1][1])
+    kept = set(widest[len(merged) - max(max_count, 1) :])
+    out = [merged[0]]
+    for i in range(1, len(merged)):
+        if i in kept:
+            out.append(merged[i])
+        else:
+            out[-1] = (out[-1][0], merged[i][1])
+    return out
+
+
+def bucket_spans(
+    ranges: Iterable[TimeRange], start: datetime, end: datetime, bucket: Bucket, tz: ZoneInfo
+) -> list[TimeRange]:
+    """The whole buckets of [start, end) that overlap any of `ranges`, merged."""
+    spans = [
+        (
+            bucket_floor(max(lo, start), bucket, tz),
+            bucket_next(
+                bucket_floor(min(hi, end) - timedelta(microseconds=1), bucket, tz), bucket, tz
+            ),
+        )
+        for lo, hi in ranges
+        if lo < end and hi > start
+    ]
+    return merge_ranges(spans, MAX_RAW_SPANS)
+
+
 def choose_relation(
     bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime, storage: Storage
 ) -> tuple[str, timedelta | None]:
@@ -227,12 +282,39 @@ def _bucket_sql(bucket: Bucket, column: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What `aggregate` will run: the relation, the widened range and the SQL."""
+    """What `aggregate` will run: the relation, the widened range and the SQL; `raw_spans` are
+    stretches of whole buckets answered from raw rows although `relation` is an aggregate
+    (bound as :raw_lo<i> and :raw_hi<i>)."""
 
     relation: str
     start: datetime
     end: datetime
     sql: str
+    raw_spans: tuple[TimeRange, ...] = ()
+
+    def params(self) -> dict[str, object]:
+        """The bounds of the raw spans, as the SQL names them."""
+        out: dict[str, object] = {}
+        for i, (lo, hi) in enumerate(self.raw_spans):
+            out[f"raw_lo{i}"] = lo
+            out[f"raw_hi{i}"] = hi
+        return out
+
+
+def _in_spans(column: str, count: int) -> str:
+    return " OR ".join(f"({column} >= :raw_lo{i} AND {column} < :raw_hi{i})" for i in range(count))
+
+
+def _select(relation: str, bucket: Bucket, fn: Agg, where: str) -> str:
+    raw = relation == "reading"
+    column = "ts" if raw else "bucket"
+    agg = (_RAW_AGG if raw else _CAGG_AGG)[fn]
+    return (
+        f"SELECT series_id, {_bucket_sql(bucket, column)} AS b, {agg} AS v "
+        f"FROM {relation} "
+        f"WHERE series_id = ANY(:ids) AND {column} >= :start AND {column} < :end{where} "
+        "GROUP BY 1, 2"
+    )
 
 
 def plan(
@@ -244,8 +326,10 @@ def plan(
     tz: ZoneInfo,
     storage: Storage,
     series_count: int,
+    late: Sequence[TimeRange] = (),
 ) -> Plan:
-    """Check the question and build its SQL (pure: no I/O)."""
+    """Check the question and build its SQL (pure: no I/O). Buckets overlapping a `late`
+    range (pending for the aggregates) are read from raw rows."""
     if start.tzinfo is None or end.tzinfo is None:
         raise QueryError("start and end must carry a UTC offset")
     if end <= start:
@@ -260,16 +344,19 @@ def plan(
             "use a wider bucket, fewer series or a shorter range"
         )
     relation, _ = choose_relation(bucket, tz, start, end, storage)
-    raw = relation == "reading"
-    column = "ts" if raw else "bucket"
-    agg = (_RAW_AGG if raw else _CAGG_AGG)[fn]
+    spans = bucket_spans(late, start, end, bucket, tz) if relation != "reading" else []
+    if spans == [(start, end)]:
+        relation, spans = "reading", []
+    if not spans:
+        return Plan(relation, start, end, _select(relation, bucket, fn, "") + " ORDER BY 1, 2")
+    # each asked bucket comes whole from one side: the aggregate's buckets tile it
     sql = (
-        f"SELECT series_id, {_bucket_sql(bucket, column)} AS b, {agg} AS v "
-        f"FROM {relation} "
-        f"WHERE series_id = ANY(:ids) AND {column} >= :start AND {column} < :end "
-        "GROUP BY 1, 2 ORDER BY 1, 2"
+        _select(relation, bucket, fn, f" AND NOT ({_in_spans('bucket', len(spans))})")
+        + " UNION ALL "
+        + _select("reading", bucket, fn, f" AND ({_in_spans('ts', len(spans))})")
+        + " ORDER BY 1, 2"
     )
-    return Plan(relation, start, end, sql)
+    return Plan(relation, start, end, sql, tuple(spans))
 
 
 async def aggregate(
@@ -311,7 +398,23 @@ async def aggregate(
     )
     if not ids:
         return []
+    if storage.pending and the_plan.relation != "reading":
+        # the job deletes a range only after the aggregates hold it; a range committed after
+        # this read only means that batch's late readings are not in this answer yet
+        late = await pending_ranges(conn, the_plan.start, the_plan.end)
+        if late:
+            the_plan = plan(
+                start=start,
+                end=end,
+                bucket=bucket,
+                fn=fn,
+                tz=zone_info,
+                storage=storage,
+                series_count=len(ids),
+                late=late,
+            )
     params: dict[str, object] = {"ids": ids, "start": the_plan.start, "end": the_plan.end}
+    params |= the_plan.params()
     if bucket.kind == "fixed":
         params |= {"width": bucket.width, "origin": _origin(zone_info)}
     else:
@@ -323,6 +426,17 @@ async def aggregate(
     return _fill(
         points, ids, list(bucket_starts(the_plan.start, the_plan.end, bucket, zone_info)), fn
     )
+
+
+async def pending_ranges(
+    conn: AsyncConnection | AsyncSession, start: datetime, end: datetime
+) -> list[TimeRange]:
+    """Late-data ranges overlapping [start, end) that the aggregates may not hold yet."""
+    rows = await conn.execute(
+        text(f"SELECT lo, hi FROM {PENDING_TABLE} WHERE lo < :end AND hi > :start"),
+        {"start": start, "end": end},
+    )
+    return merge_ranges((r[0], r[1]) for r in rows)
 
 
 def _number(value: object, fn: Agg) -> float | int | None:

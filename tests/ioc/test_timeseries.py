@@ -8,7 +8,18 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ioc.errors import QueryError
-from ioc.timeseries import aggregate
+from ioc.timeseries import (
+    CAGG_VIEWS,
+    Agg,
+    Bucket,
+    Storage,
+    aggregate,
+    bucket_floor,
+    bucket_spans,
+    merge_ranges,
+    plan,
+    zone,
+)
 from tests.support.readings import START, copy_readings, reference, sample_readings
 
 ROWS = sample_readings()
@@ -116,3 +127,61 @@ async def test_answers_are_in_utc_ordered_by_series_then_bucket(loaded: AsyncEng
     keys = [(p.series_id, p.bucket) for p in points]
     assert keys == sorted(keys)
     assert all(p.bucket.tzinfo == UTC for p in points)
+
+
+# --- late ranges: buckets answered from raw rows while the aggregates lack them ------------
+
+H = timedelta(hours=1)
+HCM = zone("Asia/Ho_Chi_Minh")
+TS = Storage(CAGG_VIEWS, pending=True)
+
+
+def test_merge_ranges_unions_and_bridges_the_smallest_gaps() -> None:
+    t = START
+    ranges = [(t, t + H), (t + H, t + 2 * H), (t + 5 * H, t + 6 * H), (t + 3 * H, t + 4 * H)]
+    assert merge_ranges(ranges) == [(t, t + 2 * H), (t + 3 * H, t + 4 * H), (t + 5 * H, t + 6 * H)]
+    assert merge_ranges(ranges, 2) == [(t, t + 4 * H), (t + 5 * H, t + 6 * H)]
+    assert merge_ranges(ranges, 1) == [(t, t + 6 * H)]
+    assert merge_ranges([(t, t), (t + H, t)]) == []
+
+
+def test_a_late_range_sends_the_buckets_it_overlaps_to_raw_rows() -> None:
+    start, end = START, START + timedelta(days=3)
+    late = [(START + timedelta(hours=20), START + timedelta(hours=21))]
+    p = plan(
+        start=start, end=end, bucket=Bucket.parse("1d"), fn=Agg.SUM, tz=HCM, storage=TS,
+        series_count=2, late=late,
+    )  # fmt: skip
+    assert p.relation == "reading_1h"  # local days are whole UTC hours, not UTC days
+    # the local (UTC+7) day holding 20:00-21:00 UTC, whole
+    day = bucket_floor(late[0][0], Bucket.parse("1d"), HCM)
+    assert p.raw_spans == ((day, day + timedelta(days=1)),)
+    assert "UNION ALL" in p.sql and "FROM reading " in p.sql
+    assert p.params() == {"raw_lo0": day, "raw_hi0": day + timedelta(days=1)}
+    # outside the question, or on plain PostgreSQL: nothing changes
+    outside = [(end + timedelta(days=1), end + timedelta(days=2))]
+    assert plan(
+        start=start, end=end, bucket=Bucket.parse("1d"), fn=Agg.SUM, tz=HCM, storage=TS,
+        series_count=2, late=outside,
+    ).raw_spans == ()  # fmt: skip
+    plain = plan(
+        start=start, end=end, bucket=Bucket.parse("1h"), fn=Agg.SUM, tz=HCM, storage=Storage(),
+        series_count=2, late=late,
+    )  # fmt: skip
+    assert plain.relation == "reading" and plain.raw_spans == ()
+
+
+def test_a_late_range_over_the_whole_question_reads_raw_rows_only() -> None:
+    p = plan(
+        start=START, end=START + H, bucket=Bucket.parse("1m"), fn=Agg.AVG, tz=HCM, storage=TS,
+        series_count=1, late=[(START - H, START + 2 * H)],
+    )  # fmt: skip
+    assert p.relation == "reading"
+    assert p.raw_spans == () and "UNION" not in p.sql
+
+
+def test_spans_are_whole_buckets_of_the_question() -> None:
+    bucket = Bucket.parse("15m")
+    late = [(START + timedelta(minutes=7), START + timedelta(minutes=8))]
+    spans = bucket_spans(late, START, START + H, bucket, HCM)
+    assert spans == [(START, START + timedelta(minutes=15))]
