@@ -15,12 +15,12 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from alerts.notify import Dispatcher, MqttChannel, WebhookChannel, _lock_key
+from alerts.notify import MqttChannel, WebhookChannel, _lock_key
 from ingest.items import Item
 from ioc.db import libpq_url
 from ioc.embedded_pg import free_port
 from ioc.settings import WebhookConfig
-from tests.support.alerts import engine_writer, feed, subscribed
+from tests.support.alerts import dispatching, engine_writer, feed, subscribed
 from tests.support.ingest import make_item, query, sync, unique, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,8 +68,10 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver([503, 503])
-    yield r
-    r.close()
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 def breach(source: str) -> Item:
@@ -92,12 +94,11 @@ def deliveries(db_url: str) -> list[tuple[object, ...]]:
 
 
 def test_a_webhook_gets_each_event_signed_after_retries(synced_db: str, receiver: Receiver) -> None:
-    dispatcher = Dispatcher(synced_db, webhook(receiver.url), backoff_start_s=0.01)
-    assert dispatcher.dispatch_pending() == 0  # the channel starts from now
-    with engine_writer(synced_db) as writer:
-        feed(writer, breach("tram-w1"))
-    assert dispatcher.dispatch_pending() == 1
-    dispatcher.close_connection()
+    with dispatching(synced_db, webhook(receiver.url), backoff_start_s=0.01) as dispatcher:
+        assert dispatcher.dispatch_pending() == 0  # the channel starts from now
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach("tram-w1"))
+        assert dispatcher.dispatch_pending() == 1
     assert len(receiver.requests) == 3  # 503, 503, then 200
     headers, body = receiver.requests[-1]
     assert all(b == body for _, b in receiver.requests)
@@ -121,24 +122,22 @@ def test_a_webhook_gets_each_event_signed_after_retries(synced_db: str, receiver
 def test_a_refused_event_is_recorded_and_the_channel_moves_on(synced_db: str) -> None:
     refusing = Receiver([422])
     try:
-        dispatcher = Dispatcher(synced_db, webhook(refusing.url), backoff_start_s=0.01)
-        dispatcher.dispatch_pending()
-        with engine_writer(synced_db) as writer:
-            feed(writer, breach("tram-w2"))
-        assert dispatcher.dispatch_pending() == 1
-        dispatcher.close_connection()
+        with dispatching(synced_db, webhook(refusing.url), backoff_start_s=0.01) as dispatcher:
+            dispatcher.dispatch_pending()
+            with engine_writer(synced_db) as writer:
+                feed(writer, breach("tram-w2"))
+            assert dispatcher.dispatch_pending() == 1
     finally:
         refusing.close()
     assert deliveries(synced_db) == [("webhook:ops", 1, False, 422)]
 
 
 def test_filtered_events_are_skipped(synced_db: str, receiver: Receiver) -> None:
-    dispatcher = Dispatcher(synced_db, webhook(receiver.url, min_severity="critical"))
-    dispatcher.dispatch_pending()
-    with engine_writer(synced_db) as writer:
-        feed(writer, breach("tram-w3"))  # a warning
-    assert dispatcher.dispatch_pending() == 1
-    dispatcher.close_connection()
+    with dispatching(synced_db, webhook(receiver.url, min_severity="critical")) as dispatcher:
+        dispatcher.dispatch_pending()
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach("tram-w3"))  # a warning
+        assert dispatcher.dispatch_pending() == 1
     assert receiver.requests == []
 
 
@@ -146,33 +145,55 @@ def test_undelivered_events_wait_in_the_database_until_the_receiver_is_back(
     synced_db: str, receiver: Receiver
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/hook"
-    down = Dispatcher(synced_db, webhook(dead), backoff_start_s=0.01, backoff_max_s=0.05)
-    down.dispatch_pending()
-    with engine_writer(synced_db) as writer:
-        feed(writer, breach("tram-w4"))  # ingest commits whatever the notifier does
-    stop = threading.Event()
-    worker = threading.Thread(target=down.run, args=(stop,))
-    worker.start()
-    wait_until(lambda: len(deliveries(synced_db)) >= 3, what="failed attempts")
-    stop.set()
-    worker.join(30)
+    options = {"backoff_start_s": 0.01, "backoff_max_s": 0.05}
+    with dispatching(synced_db, webhook(dead), **options) as down:
+        down.dispatch_pending()
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach("tram-w4"))  # ingest commits whatever the notifier does
+        stop = threading.Event()
+        worker = threading.Thread(target=down.run, args=(stop,))
+        worker.start()
+        try:
+            wait_until(lambda: len(deliveries(synced_db)) >= 3, what="failed attempts")
+        finally:
+            stop.set()
+            worker.join(30)
+        assert not worker.is_alive()
     assert all(not ok for _, _, ok, _ in deliveries(synced_db))
-    back = Dispatcher(synced_db, webhook(receiver.url), backoff_start_s=0.01)
-    assert back.dispatch_pending() == 1  # the same event, from the same cursor
-    back.close_connection()
+    with dispatching(synced_db, webhook(receiver.url), backoff_start_s=0.01) as back:
+        assert back.dispatch_pending() == 1  # the same event, from the same cursor
     assert orjson.loads(receiver.requests[-1][1])["alert"]["source_id"] == "tram-w4"
 
 
+def channel_lock_held(db_url: str, channel: str) -> bool:
+    """Whether some session of this database holds the channel's advisory lock."""
+    key = _lock_key(channel)
+    # pg_locks shows a bigint advisory key as its high and low 32 bits, with objsubid 1
+    rows = query(
+        db_url,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
+        (key >> 32, key & 0xFFFF_FFFF),
+    )
+    return rows != [(0,)]
+
+
 def test_one_dispatcher_per_channel(synced_db: str, receiver: Receiver) -> None:
-    dispatcher = Dispatcher(synced_db, webhook(receiver.url))
-    dispatcher.dispatch_pending()
-    with engine_writer(synced_db) as writer:
-        feed(writer, breach("tram-w5"))
-    with psycopg.connect(libpq_url(synced_db), autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("webhook:ops"),))
-        assert dispatcher.dispatch_pending() == 0  # another dispatcher owns the channel
-    assert dispatcher.dispatch_pending() == 1
-    dispatcher.close_connection()
+    with dispatching(synced_db, webhook(receiver.url)) as dispatcher:
+        dispatcher.dispatch_pending()
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach("tram-w5"))
+        with psycopg.connect(libpq_url(synced_db), autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("webhook:ops"),))
+            assert channel_lock_held(synced_db, "webhook:ops")
+            assert dispatcher.dispatch_pending() == 0  # another dispatcher owns the channel
+        # The server ends the closed session, and frees its lock, after close() returns.
+        wait_until(
+            lambda: not channel_lock_held(synced_db, "webhook:ops"),
+            what="the other dispatcher's lock to be released",
+        )
+        assert dispatcher.dispatch_pending() == 1
 
 
 def test_alert_events_are_published_on_mqtt(synced_db: str, mqtt_url: str) -> None:
@@ -182,17 +203,12 @@ def test_alert_events_are_published_on_mqtt(synced_db: str, mqtt_url: str) -> No
     def mine(got: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         return [(t, p) for t, p in got if orjson.loads(p)["alert"]["source_id"] == source]
 
-    with subscribed(mqtt_url, "ioc/v1/alerts/#") as got:
-        try:
-            dispatcher = Dispatcher(synced_db, channel)
-            dispatcher.dispatch_pending()
-            with engine_writer(synced_db) as writer:
-                feed(writer, breach(source))
-            assert dispatcher.dispatch_pending() == 1
-            dispatcher.close_connection()
-            wait_until(lambda: mine(got), what="the alert on MQTT")
-        finally:
-            channel.close()
+    with subscribed(mqtt_url, "ioc/v1/alerts/#") as got, dispatching(synced_db, channel) as d:
+        d.dispatch_pending()
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach(source))
+        assert d.dispatch_pending() == 1
+        wait_until(lambda: mine(got), what="the alert on MQTT")
     ((topic, payload),) = mine(got)
     assert topic == "ioc/v1/alerts/water/warning"
     assert orjson.loads(payload)["kind"] == "opened"

@@ -64,7 +64,10 @@ def test_ioc_alerts_publishes_new_alert_events_and_stops_on_sigterm(
             )
         finally:
             proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=60)
+            try:
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                _reap(proc)
     assert proc.returncode == 0
     assert "alerts: sweeping every 1 s" in out
 
@@ -119,9 +122,19 @@ def test_ioc_serve_with_workers_ingests_and_alerts_in_one_process(
         )
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        end_session(mqtt_url, f"{client_id}-0")
+        try:
+            proc.wait(60)
+        finally:
+            _reap(proc)
+            end_session(mqtt_url, f"{client_id}-0")
     assert proc.returncode == 0
+
+
+def _reap(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Kill a process that did not stop on SIGTERM, so no test inherits it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 def _healthy(port: int) -> bool:

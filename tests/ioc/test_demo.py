@@ -51,7 +51,12 @@ def test_demo_serves_a_ready_api_and_stops_everything(stop: signal.Signals) -> N
         assert sectors >= 2
     finally:
         proc.send_signal(stop)
-        output, _ = proc.communicate(timeout=60)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # it did not stop: kill it, so no later test inherits it
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 0, output
     assert "ioc demo" in output and "mekong" in output
     # the embedded PostgreSQL was stopped on exit

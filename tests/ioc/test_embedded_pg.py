@@ -46,8 +46,10 @@ def test_data_survive_a_restart_and_a_running_server_is_reused(data_dir: Path) -
             conn.execute("INSERT INTO reading VALUES (now(), 1, 42.5)")
         # a second process on the same data directory finds the server instead of starting one
         other = EmbeddedPostgres(data_dir)
-        assert other.start() == server.url
-        other.stop()  # not its server: must leave it running
+        try:
+            assert other.start() == server.url
+        finally:
+            other.stop()  # not its server: must leave it running
         with psycopg.connect(libpq_url(url)) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()

@@ -57,19 +57,21 @@ def _resume(mqtt_url: str, client_id: str, topic: str | None = None) -> tuple[bo
     client.on_connect = on_connect
     client.on_subscribe = lambda *args: ready.set()
     client.on_message = lambda c, u, msg: got.append(msg.payload)
-    client.connect(
-        endpoint.host,
-        endpoint.port,
-        clean_start=False,
-        properties=connect_properties(session_expiry_s=3600),
-    )
-    client.loop_start()
-    assert ready.wait(10)
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and not got:
-        time.sleep(0.05)  # a queued message would arrive at once
-    client.disconnect()
-    client.loop_stop()
+    try:
+        client.connect(
+            endpoint.host,
+            endpoint.port,
+            clean_start=False,
+            properties=connect_properties(session_expiry_s=3600),
+        )
+        client.loop_start()
+        assert ready.wait(10)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not got:
+            time.sleep(0.05)  # a queued message would arrive at once
+    finally:
+        client.disconnect()
+        client.loop_stop()
     return present[0], len(got)
 
 

@@ -1,4 +1,4 @@
-"""Alert test helpers: a writer with its own alert engine, and feeding it item by item."""
+"""Alert test helpers: a writer with its own alert engine, feeding it, dispatching, listening."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from alerts.engine import AlertEngine
+from alerts.notify import Channel, Dispatcher
 from ingest.items import Item
 from ingest.writer import Writer
 from ioc.mqtt import paho_client, parse_mqtt_url
@@ -34,6 +35,19 @@ def feed(writer: Writer, *items: Item) -> None:
 
 
 @contextmanager
+def dispatching(db_url: str, channel: Channel, **options: float) -> Iterator[Dispatcher]:
+    """A dispatcher whose connection (and channel lock) and channel are closed afterwards."""
+    dispatcher = Dispatcher(db_url, channel, **options)
+    try:
+        yield dispatcher
+    finally:
+        try:
+            dispatcher.close_connection()
+        finally:
+            channel.close()
+
+
+@contextmanager
 def subscribed(mqtt_url: str, topic_filter: str) -> Iterator[list[tuple[str, bytes]]]:
     """A live MQTT subscription; yields the (topic, payload) list it fills."""
     endpoint = parse_mqtt_url(mqtt_url)
@@ -43,9 +57,9 @@ def subscribed(mqtt_url: str, topic_filter: str) -> Iterator[list[tuple[str, byt
     client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
     client.on_subscribe = lambda *args: ready.set()
     client.on_message = lambda c, u, msg: got.append((msg.topic, bytes(msg.payload)))
-    client.connect(endpoint.host, endpoint.port)
-    client.loop_start()
     try:
+        client.connect(endpoint.host, endpoint.port)
+        client.loop_start()
         assert ready.wait(10), f"could not subscribe to {topic_filter}"
         yield got
     finally:

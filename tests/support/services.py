@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,22 +66,76 @@ def admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(libpq_url(url), autocommit=True)
 
 
+# How long cloning a template may keep failing because sessions are on it. PostgreSQL itself
+# waits up to 5 s for them to leave on each attempt.
+CLONE_DEADLINE_S = 60.0
+
+
 def create_database(server_url: str, name: str, template: str | None = None) -> str:
-    """Create database `name` (optionally from a template) and return its URL."""
+    """Create database `name` (optionally a copy of `template`) and return its URL."""
     query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template:
         query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    deadline = time.monotonic() + CLONE_DEADLINE_S
     with admin(server_url) as conn:
-        conn.execute(query)
+        while True:
+            try:
+                conn.execute(query)
+                break
+            except psycopg.errors.ObjectInUse:
+                if template is None or time.monotonic() > deadline:
+                    raise
+                # A sealed template (see seal_template) can still have sessions on it: a
+                # TimescaleDB scheduler started before it was sealed, or one the extension
+                # starts on it for this very CREATE DATABASE. Only those are ours to end.
+                if not _allows_connections(conn, template):
+                    _end_sessions(conn, template)
     return with_database(server_url, name)
 
 
-def drop_database(server_url: str, name: str) -> None:
-    """Drop database `name`, closing any connection left to it."""
+def seal_template(server_url: str, name: str) -> None:
+    """Make `name` a template nobody can connect to, and end the sessions already on it."""
+    # CREATE DATABASE refuses to copy a database with sessions on it, and TimescaleDB's
+    # launcher keeps a scheduler session in every database that allows connections and is
+    # not a template (src/loader/bgw_launcher.c, populate_database_htab).
     with admin(server_url) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                sql.Identifier(name)
+            )
+        )
+        _end_sessions(conn, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop database `name` (a template too), closing any connection left to it."""
+    with admin(server_url) as conn:
+        row = conn.execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        if row is not None and row[0]:
+            # PostgreSQL refuses to drop a template; connections stay refused meanwhile
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
+            )
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def _allows_connections(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
+    row = conn.execute(
+        "SELECT datallowconn FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    return row is None or bool(row[0])
+
+
+def _end_sessions(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
 
 
 def unique_name(prefix: str) -> str:
@@ -90,11 +145,14 @@ def unique_name(prefix: str) -> str:
 
 @contextmanager
 def migrated_template(server_url: str) -> Iterator[str]:
-    """A database migrated to head on plain PostgreSQL storage, used as a template."""
+    """A database migrated to head on plain PostgreSQL storage, sealed, used as a template."""
     name = unique_name("ioc_tmpl")
-    url = create_database(server_url, name)
+    # From template0: no extension a server added to template1 (the TimescaleDB image installs
+    # timescaledb there) comes along, so copies of it give the scheduler nothing to run.
+    url = create_database(server_url, name, template="template0")
     try:
         migrate.upgrade(url, timescale="off")
+        seal_template(server_url, name)
         yield name
     finally:
         drop_database(server_url, name)
