@@ -167,10 +167,10 @@ def running_consumer(
         writer=writer,
     )
     writer.start()
-    consumer.start()
     try:
+        consumer.start()
         yield consumer
     finally:
-        consumer.stop()
+        consumer.stop()  # stops the writer too, also when start() failed
         if not keep_session and protocol == "5":
             end_session(mqtt_url, client_id)

@@ -39,12 +39,14 @@ def _write(url: str, items: list[Item]) -> None:
     # one connection at a time on this server: the writer's is closed before the test reads
     writer = Writer(url)
     writer.start()
-    done: list[Item] = []
-    for item in items:
-        item.done = done.append
-        writer.submit(item)
-    wait_until(lambda: len(done) == len(items), what="the commit")
-    writer.stop()
+    try:
+        done: list[Item] = []
+        for item in items:
+            item.done = done.append
+            writer.submit(item)
+        wait_until(lambda: len(done) == len(items), what="the commit")
+    finally:
+        writer.stop()
 
 
 def _count(url: str, source: str) -> int:
