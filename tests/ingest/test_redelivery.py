@@ -211,8 +211,8 @@ def _consumer(
         writer=writer,
     )
     writer.start()
-    consumer.start()
     try:
+        consumer.start()
         yield consumer
     finally:
         consumer.stop()
