@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
 
 from ingest import reasons
-from ingest.events import EventIn
-from ingest.timestamps import parse_time
+from ingest.events import TIME_ERROR, EventIn
+from ingest.timestamps import EARLIEST, MAX_EPOCH_S, parse_time
 from ingest.topics import Topic, parse_topic
 from ioc.errors import DecodeError
 
 # RFC 8428 section 4.5.3: a SenML time below 2**28 is relative to now.
 SENML_RELATIVE_LIMIT_S: Final = 2**28
+# RFC 8428 section 4.4: the SenML version this decoder implements; a pack of a later one is
+# refused as a whole.
+SENML_VERSION: Final = 10
 STATUSES: Final = ("online", "offline")
+# The longest metric name stored (catalogue ids have at most 63 characters).
+MAX_METRIC_CHARS: Final = 64
 _MAX_DETAIL_CHARS: Final = 300
+
+# Shows untrusted values in details: escaped (repr), and cut at any depth or size, so that a
+# deeply nested value cannot exhaust the recursion limit.
+_repr = reprlib.Repr()
+_repr.maxlevel = 3
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlong = 40
 
 
 @dataclass(slots=True)
@@ -31,6 +44,8 @@ class Sample:
     value: float
     relative: bool = False
     """Timed from the receipt of the message (no time sent, or a SenML relative time)."""
+    unit: str | None = None
+    """The unit the value was sent in (SenML `u` or `bu`); None when not said."""
 
 
 @dataclass(slots=True)
@@ -53,9 +68,20 @@ class Message:
     event: EventIn | None = None
 
 
-def _short(value: object) -> str:
-    text = repr(value)
+def short_repr(value: object) -> str:
+    """An untrusted value as shown in a detail: escaped, bounded in depth and length."""
+    try:
+        text = _repr.repr(value)
+    except ValueError:  # an int beyond the digits Python converts to text
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
+
+
+def shown_name(name: str) -> str:
+    """A metric name as shown in a detail: as is when plain, else escaped and cut."""
+    if name and len(name) <= MAX_METRIC_CHARS and name.isprintable():
+        return name
+    return short_repr(name)
 
 
 def _load(payload: bytes) -> Any:
@@ -77,11 +103,15 @@ def _number(metric: str, raw: object, problems: list[Problem]) -> float | None:
         if math.isfinite(value):
             return value
         problems.append(
-            Problem(reasons.NOT_FINITE, f"{metric}: {_short(raw)} is not finite", metric)
+            Problem(
+                reasons.NOT_FINITE, f"{shown_name(metric)}: {short_repr(raw)} is not finite", metric
+            )
         )
         return None
     problems.append(
-        Problem(reasons.NOT_NUMERIC, f"{metric}: {_short(raw)} is not a number", metric)
+        Problem(
+            reasons.NOT_NUMERIC, f"{shown_name(metric)}: {short_repr(raw)} is not a number", metric
+        )
     )
     return None
 
@@ -105,7 +135,7 @@ def _telemetry_object(
             ts = parse_time(raw_ts)
         except DecodeError as exc:
             for metric in values:
-                problems.append(Problem(exc.reason, f"{where}{exc.detail}", str(metric)))
+                problems.append(Problem(exc.reason, f"{where}{exc.detail}", metric))
             return
     for metric, raw in values.items():
         value = _number(metric, raw, problems)
@@ -149,11 +179,14 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
     samples: list[Sample] = []
     problems: list[Problem] = []
     base_name, base_time, base_value = "", 0.0, 0.0
+    base_unit: str | None = None
     for index, record in enumerate(doc):
         where = f"record {index}: "
         if not isinstance(record, dict):
             problems.append(Problem(reasons.MALFORMED, f"{where}is not an object"))
             continue
+        if "bver" in record:
+            _check_version(record["bver"])  # a later version refuses the whole pack
         try:
             if "bn" in record:
                 base_name = _text(record["bn"], "bn")
@@ -161,21 +194,26 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
                 base_time = _finite(record["bt"], "bt")
             if "bv" in record:
                 base_value = _finite(record["bv"], "bv")
+            if "bu" in record:
+                base_unit = _unit(record["bu"], "bu")
             must_understand = [k for k in record if isinstance(k, str) and k.endswith("_")]
             if must_understand:
-                raise DecodeError(reasons.MALFORMED, f"unknown field {must_understand[0]!r}")
+                raise DecodeError(
+                    reasons.MALFORMED, f"unknown field {short_repr(must_understand[0])}"
+                )
             name = base_name + (_text(record["n"], "n") if "n" in record else "")
             has_value = any(k in record for k in ("v", "vb", "vs", "vd", "s"))
             if not has_value:
                 if "n" in record:
-                    raise DecodeError(reasons.MALFORMED, f"{name!r} has no value")
+                    raise DecodeError(reasons.MALFORMED, f"{short_repr(name)} has no value")
                 continue  # a record of base fields only
             metric = _metric_of(name)
             if not metric:
                 raise DecodeError(reasons.MALFORMED, "a record without a name")
+            unit = _unit(record["u"], "u") if "u" in record else base_unit
             t = base_time + (_finite(record["t"], "t") if "t" in record else 0.0)
             relative = t < SENML_RELATIVE_LIMIT_S
-            ts = received_at + timedelta(seconds=t) if relative else parse_time(t * 1000)
+            ts = _relative_time(received_at, t) if relative else _absolute_time(t)
         except DecodeError as exc:
             problems.append(Problem(exc.reason, where + exc.detail))
             continue
@@ -184,7 +222,9 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 problems.append(
                     Problem(
-                        reasons.NOT_NUMERIC, f"{metric}: v {_short(raw)} is not a number", metric
+                        reasons.NOT_NUMERIC,
+                        f"{shown_name(metric)}: v {short_repr(raw)} is not a number",
+                        metric,
                     )
                 )
                 continue
@@ -194,7 +234,9 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
             if not isinstance(raw, bool):
                 problems.append(
                     Problem(
-                        reasons.NOT_NUMERIC, f"{metric}: vb {_short(raw)} is not a boolean", metric
+                        reasons.NOT_NUMERIC,
+                        f"{shown_name(metric)}: vb {short_repr(raw)} is not a boolean",
+                        metric,
                     )
                 )
                 continue
@@ -202,14 +244,60 @@ def decode_senml(payload: bytes, *, received_at: datetime) -> tuple[list[Sample]
         else:
             kind = next(k for k in ("vs", "vd", "s") if k in record)
             problems.append(
-                Problem(reasons.NOT_NUMERIC, f"{metric}: {kind} values are not stored", metric)
+                Problem(
+                    reasons.NOT_NUMERIC,
+                    f"{shown_name(metric)}: {kind} values are not stored",
+                    metric,
+                )
             )
             continue
         if value is not None:
-            samples.append(Sample(metric, ts, value, relative))
+            samples.append(Sample(metric, ts, value, relative, unit))
     if not samples and problems and all(p.reason == reasons.MALFORMED for p in problems):
         raise DecodeError(reasons.MALFORMED, problems[0].detail)
     return samples, problems
+
+
+def _relative_time(received_at: datetime, t: float) -> datetime:
+    """The receipt time moved by `t` seconds; bad_time when that leaves 1970 to 9999."""
+    if not t:
+        return received_at  # the common case (no time sent): no arithmetic
+    try:
+        ts = received_at + timedelta(seconds=t)
+    except OverflowError:  # beyond the range of datetime, or of timedelta itself
+        ts = None
+    if ts is None or ts < EARLIEST:
+        raise DecodeError(
+            reasons.BAD_TIME, f"time {t:g} s from now is outside the years 1970 to 9999"
+        )
+    return ts
+
+
+def _absolute_time(t: float) -> datetime:
+    """A SenML time in seconds since 1970 (at least 2**28); bad_time beyond the year 9999."""
+    if t <= MAX_EPOCH_S:
+        try:
+            return datetime.fromtimestamp(t, UTC)
+        except (OverflowError, ValueError, OSError):  # rounded up into the year 10000
+            pass
+    raise DecodeError(reasons.BAD_TIME, f"time {t:g} s is outside the years 1970 to 9999")
+
+
+def _check_version(raw: object) -> None:
+    """Refuse a pack whose `bver` is not a version this decoder implements."""
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, int | float)
+        or (isinstance(raw, float) and not raw.is_integer())
+        or raw < 1
+    ):
+        raise DecodeError(reasons.MALFORMED, f"bver {short_repr(raw)} is not a positive integer")
+    if raw > SENML_VERSION:
+        raise DecodeError(
+            reasons.MALFORMED,
+            f"SenML version {short_repr(raw)} (bver) is later than {SENML_VERSION}, "
+            "the version this decoder implements",
+        )
 
 
 def _text(raw: object, name: str) -> str:
@@ -218,10 +306,21 @@ def _text(raw: object, name: str) -> str:
     return raw
 
 
+def _unit(raw: object, name: str) -> str | None:
+    """A SenML unit; an empty one is no unit."""
+    return _text(raw, name) or None
+
+
 def _finite(raw: object, name: str) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise DecodeError(reasons.MALFORMED, f"{name} must be a finite number")
-    return float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an int beyond a double
+        value = math.inf
+    if not math.isfinite(value):
+        raise DecodeError(reasons.MALFORMED, f"{name} must be a finite number")
+    return value
 
 
 def decode_status(payload: bytes) -> str:
@@ -237,7 +336,9 @@ def decode_status(payload: bytes) -> str:
         doc = doc.get("status")
     if isinstance(doc, str) and doc.lower() in STATUSES:
         return doc.lower()
-    raise DecodeError(reasons.MALFORMED, f"status must be online or offline, got {_short(text)}")
+    raise DecodeError(
+        reasons.MALFORMED, f"status must be online or offline, got {short_repr(text)}"
+    )
 
 
 def decode_event(payload: bytes) -> EventIn:
@@ -246,10 +347,17 @@ def decode_event(payload: bytes) -> EventIn:
     try:
         return EventIn.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "event"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise DecodeError(reasons.MALFORMED, f"{where}: {first['msg']}{more}") from None
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        first = errors[0]
+        # The loc holds untrusted keys (an unknown field's name): shown escaped when odd.
+        where = ".".join(shown_name(p) if isinstance(p, str) else str(p) for p in first["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        # A bad occurred_at alone is a bad time, as in telemetry; among other faults the
+        # event is malformed.
+        reason = (
+            reasons.BAD_TIME if all(e["type"] == TIME_ERROR for e in errors) else reasons.MALFORMED
+        )
+        raise DecodeError(reason, f"{where or 'event'}: {first['msg']}{more}") from None
 
 
 def decode(topic: str, payload: bytes, *, received_at: datetime, max_payload_bytes: int) -> Message:
