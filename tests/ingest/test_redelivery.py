@@ -156,7 +156,8 @@ def test_a_redelivery_with_no_record_is_stored(writer: Writer, synced_db: str) -
 
 
 def test_timestamped_good_messages_leave_no_receipt(writer: Writer, synced_db: str) -> None:
-    body = orjson.dumps({"ts": int(datetime.now(UTC).timestamp() * 1000), "values": {"salinity": 1}})
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    body = orjson.dumps({"ts": now_ms, "values": {"salinity": 1}})
     _write(writer, _item("ioc/v1/water/st-8/telemetry", body))
     assert query(synced_db, "SELECT count(*) FROM ingest_receipt") == [(0,)]
 
