@@ -28,7 +28,7 @@ import psycopg
 
 from alerts.rules import SEVERITY_RANK
 from ioc.db import libpq_url
-from ioc.mqtt import Protocol, paho_client, parse_mqtt_url
+from ioc.mqtt import Protocol, paho_client, parse_mqtt_url, process_client_id
 from ioc.settings import WebhookConfig
 
 log = logging.getLogger("ioc.alerts.notify")
@@ -166,11 +166,13 @@ class MqttChannel:
         self,
         mqtt_url: str,
         *,
-        client_id: str = "ioc-alerts",
+        client_id: str | None = None,
         timeout_s: float = 10.0,
         protocol: Protocol = "5",
     ) -> None:
         self._endpoint = parse_mqtt_url(mqtt_url)
+        # one id per process: two notifiers with one id would keep disconnecting each other
+        client_id = client_id or process_client_id("ioc-alerts")
         self._client = paho_client(self._endpoint, client_id, protocol=protocol)
         self._client.reconnect_delay_set(1, 30)
         self._started = False

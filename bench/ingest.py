@@ -223,6 +223,7 @@ def role_worker(out: Path, index: int) -> None:
         mqtt_url=settings.mqtt_url.get_secret_value(),
         profile=load_profile(settings.profile),
         index=index,
+        workers=int(os.environ.get("BENCH_WORKERS", "1")),
         after_commit=[record],
     )
     out.write_text(json.dumps({"commits": commits, "lags": lags}))
@@ -319,9 +320,13 @@ def _rate(commits: list[tuple[float, int]]) -> float:
     return sum(n for _, n in commits[1:]) / span if span > 0 else float("nan")
 
 
-def worker_env(db_url: str, mqtt_url: str, tag: str) -> dict[str, str]:
+def worker_env(db_url: str, mqtt_url: str, tag: str, workers: int = 1) -> dict[str, str]:
     """Settings of the workers of one scenario: their own share group and client ids."""
     return {
+        # the sessions are registered beforehand on one shared subscription (as measured
+        # before partitioned subscriptions existed); the pool size tells each its place
+        "IOC_INGEST_SUBSCRIPTION": "shared",
+        "BENCH_WORKERS": str(workers),
         "IOC_DATABASE_URL": db_url,
         "IOC_MQTT_URL": mqtt_url,
         "IOC_PROFILE": PROFILE,
@@ -347,7 +352,7 @@ def measure_ingest(
         publish(mqtt_url, list(messages(shape, count, base_ms)))
         outs = [tmp / f"{tag}-{i}.json" for i in range(workers)]
         procs = [
-            child("worker", outs[i], worker_env(db_url, mqtt_url, tag), "--index", str(i))
+            child("worker", outs[i], worker_env(db_url, mqtt_url, tag, workers), "--index", str(i))
             for i in range(workers)
         ]
         stored = wait_for_readings(db_url, readings, timeout_s=600)

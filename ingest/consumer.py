@@ -1,4 +1,4 @@
-"""The MQTT consumer: shared subscription, persistent session, ack only after commit."""
+"""The MQTT consumer: persistent session, its subscriptions, ack only after commit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -17,19 +18,35 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest import metrics, reasons
 from ingest.items import Item, build_item
-from ingest.topics import SUBSCRIPTION, is_outbound, parse_topic
+from ingest.topics import (
+    MARKER_FILTER,
+    SUBSCRIPTION,
+    Assignment,
+    is_outbound,
+    marker_topic,
+    parse_topic,
+)
 from ingest.validation import Rules
 from ingest.writer import Writer
 from ioc.errors import BrokerError, DecodeError
-from ioc.mqtt import Protocol, connect_properties, paho_client, parse_mqtt_url
+from ioc.mqtt import (
+    Protocol,
+    connect_properties,
+    disconnect_properties,
+    paho_client,
+    parse_mqtt_url,
+)
+from ioc.mqtt import end_session as _end_session
 
 log = logging.getLogger("ioc.ingest.consumer")
 
 KEEPALIVE_S: Final = 30
 CONNECT_TIMEOUT_S: Final = 10.0
 RECONNECT_MIN_S: Final = 1
-RECONNECT_MAX_S: Final = 30
+# capped back-off of connection attempts: a broker back from an outage is found this soon
+RECONNECT_MAX_S: Final = 5
 ACK_FLUSH_S: Final = 2.0
+SESSION_TAKEN_OVER: Final = 142  # MQTT 5 DISCONNECT reason: the same client id connected
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,13 @@ class ConsumerConfig:
     receive_maximum: int = 1000
     subscription: str = SUBSCRIPTION
     protocol: Protocol = "5"
+    # a pool worker's filters (and those to drop from earlier layouts); None: `subscription`
+    assignment: Assignment | None = None
+
+    @property
+    def assigned(self) -> Assignment:
+        """What the consumer subscribes to and unsubscribes from at every connect."""
+        return self.assignment or Assignment((self.subscription,))
 
 
 class Consumer:
@@ -76,27 +100,42 @@ class Consumer:
         self.session_present: bool | None = None
         self.received = 0
         self.internal_errors = 0
+        self._setup_subscriptions()
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def _setup_subscriptions(self) -> None:
+        assignment = self.config.assigned
+        self._filters = assignment.filters
+        self._stale = assignment.stale
+        self._awaiting: set[int] = set()  # SUBSCRIBE/UNSUBSCRIBE of this connection unanswered
+        self._marker = uuid.uuid4().hex.encode()  # this process's marker payload
+        self.armed = False
+        self.dropped = 0  # other workers' messages acknowledged unprocessed (catch-all)
+        self.intercepted = 0  # markers of any pool worker, acknowledged and ignored
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.message_callback_add(MARKER_FILTER, self._on_marker)
+        for topic_filter in assignment.others:
+            self._client.message_callback_add(topic_filter, self._on_other)
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        if self.config.protocol == "5":
+            return {
+                "keepalive": KEEPALIVE_S,
+                "clean_start": False,
+                "properties": connect_properties(
+                    session_expiry_s=self.config.session_expiry_s,
+                    receive_maximum=self.config.receive_maximum,
+                ),
+            }
+        # 3.1.1: the persistent session comes from clean_session=False
+        return {"keepalive": KEEPALIVE_S}
 
     def start(self) -> None:
         """Connect (BrokerError if the broker cannot be reached) and start consuming."""
         try:
-            if self.config.protocol == "5":
-                self._client.connect(
-                    self._endpoint.host,
-                    self._endpoint.port,
-                    keepalive=KEEPALIVE_S,
-                    clean_start=False,
-                    properties=connect_properties(
-                        session_expiry_s=self.config.session_expiry_s,
-                        receive_maximum=self.config.receive_maximum,
-                    ),
-                )
-            else:  # 3.1.1: the persistent session comes from clean_session=False
-                self._client.connect(
-                    self._endpoint.host, self._endpoint.port, keepalive=KEEPALIVE_S
-                )
+            self._client.connect(self._endpoint.host, self._endpoint.port, **self._connect_kwargs())
         except OSError as exc:
             raise BrokerError(
                 f"MQTT broker {self._endpoint.host}:{self._endpoint.port} unreachable: {exc}"
@@ -113,15 +152,47 @@ class Consumer:
                 f"the connection or subscription of {self.config.client_id!r}"
             )
 
-    def stop(self, *, drain_timeout_s: float = 30.0) -> bool:
-        """Stop taking messages, commit and ack what is queued, disconnect (session kept)."""
+    def start_background(self) -> None:
+        """Start connecting and consuming without waiting: connection attempts are retried
+        with capped back-off (logged) until `stop`; `wait_subscribed` says when it holds its
+        subscriptions."""
+        self._client.connect_async(
+            self._endpoint.host, self._endpoint.port, **self._connect_kwargs()
+        )
+        self._client.loop_start()
+        self._started = True
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until the broker answered this connection's SUBSCRIBE and UNSUBSCRIBE."""
+        return self._subscribed.wait(timeout_s)
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the broker answered this connection's SUBSCRIBE and UNSUBSCRIBE."""
+        return self._subscribed.is_set()
+
+    @property
+    def flushed(self) -> bool:
+        """Whether nothing (acknowledgements included) waits to be sent to the broker."""
+        return not self._client.want_write()
+
+    def stop(self, *, drain_timeout_s: float = 30.0, end_session: bool = False) -> bool:
+        """Stop taking messages, commit and ack what is queued, disconnect (session kept, or
+        with `end_session` removed once everything received was committed)."""
         self._accepting = False
         drained = self.writer.stop(timeout_s=drain_timeout_s)
         deadline = time.monotonic() + ACK_FLUSH_S
         while self._client.want_write() and time.monotonic() < deadline:
             time.sleep(0.01)  # the network thread sends the last acks
-        self._client.disconnect()
+        ending = end_session and drained
+        ended = ending and self.config.protocol == "5" and self.connected
+        if ended:
+            self._client.disconnect(properties=disconnect_properties(session_expiry_s=0))
+        else:
+            self._client.disconnect()
         self._client.loop_stop()
+        if ending and not ended:  # not connected now, or 3.1.1: a clean connect removes it
+            _end_session(self.config.mqtt_url, self.config.client_id, protocol=self.config.protocol)
         return drained
 
     @property
@@ -148,23 +219,43 @@ class Consumer:
         properties: Any,
     ) -> None:
         if reason_code.is_failure:
-            log.error("broker refused the connection", extra={"reason": str(reason_code)})
+            log.error(
+                "broker refused the connection; retrying",
+                extra={"client_id": self.config.client_id, "reason": str(reason_code)},
+            )
             return
         self._generation += 1
         self.session_present = flags.session_present
-        if self.config.protocol == "5":
-            client.subscribe(self.config.subscription, options=SubscribeOptions(qos=1))
-        else:
-            client.subscribe(self.config.subscription, qos=1)
+        self._subscribed.clear()
+        self._awaiting.clear()
+        # A resumed session may hold filters of an earlier layout: the new ones go first, so
+        # that no message falls between the two (the broker handles them in order).
+        if self._filters:
+            if self.config.protocol == "5":
+                # retained messages only for a filter the session did not hold yet
+                opts = SubscribeOptions(
+                    qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+                )
+                _, mid = client.subscribe([(f, opts) for f in self._filters])
+            else:
+                _, mid = client.subscribe([(f, 1) for f in self._filters])
+            if mid is not None:
+                self._awaiting.add(mid)
+        if self._stale:
+            _, mid = client.unsubscribe(list(self._stale))
+            if mid is not None:
+                self._awaiting.add(mid)
         log.info(
             "connected to broker",
             extra={
                 "client_id": self.config.client_id,
                 "session_present": flags.session_present,
-                "subscription": self.config.subscription,
+                "subscription": ", ".join(self._filters) or "none",
             },
         )
         self._connected.set()
+        if not self._awaiting:
+            self._settled()
 
     def _on_subscribe(
         self,
@@ -178,10 +269,67 @@ class Consumer:
         if refused:
             log.error(
                 "broker refused the subscription",
-                extra={"subscription": self.config.subscription, "reason": ", ".join(refused)},
+                extra={"subscription": ", ".join(self._filters), "reason": ", ".join(refused)},
             )
             return
+        self._answered(mid)
+
+    def _on_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        # MQTT 5 says which filters the session held (3.1.1 gives no reason codes)
+        removed = [f for f, rc in zip(self._stale, reason_codes, strict=False) if rc.value == 0]
+        if removed:
+            log.info(
+                "unsubscribed filters an earlier layout left in the session",
+                extra={"client_id": self.config.client_id, "filters": removed},
+            )
+        self._answered(mid)
+
+    def _answered(self, mid: int) -> None:
+        self._awaiting.discard(mid)
+        if not self._awaiting:
+            self._settled()
+
+    def _settled(self) -> None:
         self._subscribed.set()
+        if self.config.assigned.others and not self.armed:
+            # Until this comes back through the wildcard, the session may still hold messages
+            # queued before the other workers' sessions held their sectors: keep them all.
+            self._client.publish(marker_topic(self.config.client_id), self._marker, qos=1)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        log.warning(
+            "MQTT broker unreachable; retrying",
+            extra={
+                "client_id": self.config.client_id,
+                "broker": f"{self._endpoint.host}:{self._endpoint.port}",
+                "retry_max_s": RECONNECT_MAX_S,
+            },
+        )
+
+    def _on_marker(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.intercepted += 1
+        self._ack(self._generation, msg.mid, msg.qos)
+        mine = msg.topic == marker_topic(self.config.client_id) and msg.payload == self._marker
+        if mine and not self.armed:
+            self.armed = True
+            log.info(
+                "catch-all worker leaves the other workers' sectors to them",
+                extra={"client_id": self.config.client_id},
+            )
+
+    def _on_other(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if not self.armed:
+            self._on_message(client, userdata, msg)
+            return
+        self.dropped += 1  # the sector's owner holds its own copy
+        self._ack(self._generation, msg.mid, msg.qos)
 
     def _on_disconnect(
         self,
@@ -192,7 +340,14 @@ class Consumer:
         properties: Any,
     ) -> None:
         self._connected.clear()
-        if self._accepting:
+        self._subscribed.clear()
+        if reason_code.value == SESSION_TAKEN_OVER:
+            log.error(
+                "another client connected with this client id and took the session over: "
+                "every ingest process needs its own IOC_INGEST_CLIENT_ID",
+                extra={"client_id": self.config.client_id},
+            )
+        elif self._accepting:
             log.warning("disconnected from broker", extra={"reason": str(reason_code)})
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

@@ -1,11 +1,12 @@
-"""An ingest worker process: consumer + writer + stats; and a supervisor for N of them."""
+"""An ingest worker: consumer + writer + stats, in its own process (`python -m ingest.worker`,
+started by the pool of `ioc ingest`) or in a thread of `ioc serve`/`ioc demo`."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -14,19 +15,24 @@ from typing import Final
 
 from alerts.engine import AlertEngine
 from ingest.consumer import Consumer, ConsumerConfig
+from ingest.late_ranges import LateRanges
 from ingest.metrics import StatsLogger
-from ingest.topics import PLAIN_SUBSCRIPTION
+from ingest.topics import Assignment, assign
 from ingest.validation import Rules
 from ingest.writer import AfterCommit, BatchHook, Writer
-from ioc.catalogue import Profile
-from ioc.errors import WorkerFailed
-from ioc.settings import Settings
+from ioc.cagg_refresh import CaggRefresher
+from ioc.catalogue import Profile, load_catalogue, load_profile
+from ioc.errors import ConfigError, IocError, WorkerFailed
+from ioc.logs import configure_logging
+from ioc.settings import Settings, load_settings
 
 log = logging.getLogger("ioc.ingest.worker")
 
-RESTART_BACKOFF_MAX_S: Final = 30.0
 HEALTH_CHECK_S: Final = 0.5
-STOP_GRACE_S: Final = 40.0
+REFRESH_JOIN_S: Final = 10.0
+# while the broker has not taken the subscription: log that, first after this, then less often
+WAIT_LOG_FIRST_S: Final = 5.0
+WAIT_LOG_MAX_S: Final = 60.0
 
 
 def rules_for(settings: Settings, profile: Profile) -> Rules:
@@ -40,10 +46,12 @@ def rules_for(settings: Settings, profile: Profile) -> Rules:
 
 
 def default_hooks(settings: Settings) -> list[BatchHook]:
-    """What runs inside each batch transaction: the alert engine, unless disabled."""
-    if not settings.alerts_enabled:
-        return []
-    return [AlertEngine(reopen_window_s=settings.alerts_reopen_window_s)]
+    """What runs inside each batch transaction: late-range tracking (TimescaleDB only) and the
+    alert engine, unless disabled."""
+    hooks: list[BatchHook] = [LateRanges()]
+    if settings.alerts_enabled:
+        hooks.append(AlertEngine(reopen_window_s=settings.alerts_reopen_window_s))
+    return hooks
 
 
 def writer_for(
@@ -52,7 +60,8 @@ def writer_for(
     hooks: Sequence[BatchHook] | None = None,
     after_commit: Sequence[AfterCommit] = (),
 ) -> Writer:
-    """A writer configured from the ingest settings (default hooks: the alert engine)."""
+    """A writer configured from the ingest settings (default hooks: late ranges and the alert
+    engine)."""
     if hooks is None:
         hooks = default_hooks(settings)
     return Writer(
@@ -67,6 +76,45 @@ def writer_for(
     )
 
 
+def client_id_for(settings: Settings, index: int) -> str:
+    """The MQTT client id (and so the persistent session) of worker `index`."""
+    return f"{settings.ingest_client_id}-{index}"
+
+
+def assignments_for(settings: Settings, profile: Profile, workers: int) -> list[Assignment]:
+    """Each worker's topic filters under IOC_INGEST_SUBSCRIPTION (ConfigError if impossible)."""
+    mode = settings.ingest_subscription
+    if settings.mqtt_protocol != "5" and (mode == "shared" or workers > 1):
+        raise ConfigError(
+            "IOC_MQTT_PROTOCOL=3.1.1 has no shared subscriptions and runs one worker: "
+            "use --workers 1 and IOC_INGEST_SUBSCRIPTION=partitioned"
+        )
+    try:
+        return assign(
+            [s.id for s in profile.sectors],
+            workers,
+            mode=mode,
+            group=settings.ingest_share_group,
+            known_sectors=load_catalogue(),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"IOC_INGEST_SUBSCRIPTION={mode}: {exc}") from None
+
+
+def consumer_config(
+    settings: Settings, mqtt_url: str, client_id: str, assignment: Assignment
+) -> ConsumerConfig:
+    """How a worker (or a retirement) connects, from the ingest settings."""
+    return ConsumerConfig(
+        mqtt_url=mqtt_url,
+        client_id=client_id,
+        session_expiry_s=settings.ingest_session_expiry_s,
+        max_payload_bytes=settings.ingest_max_payload_bytes,
+        protocol=settings.mqtt_protocol,
+        assignment=assignment,
+    )
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -74,53 +122,106 @@ def run_worker(
     mqtt_url: str,
     profile: Profile,
     index: int = 0,
+    workers: int = 1,
     stop: threading.Event | None = None,
     after_commit: Sequence[AfterCommit] = (),
+    supervisor_pid: int | None = None,
 ) -> None:
-    """Consume until `stop` is set (or SIGTERM/SIGINT when `stop` is None)."""
-    stop = stop or _stop_on_signals()
+    """Consume until `stop` is set (or SIGTERM/SIGINT when `stop` is None), or until the
+    process `supervisor_pid` is gone. The broker being unreachable, or slow to take the
+    subscription, is waited out (and logged), never a reason to exit."""
+    if not 0 <= index < workers:
+        raise ConfigError(f"worker index {index} outside a pool of {workers}")
+    assignment = assignments_for(settings, profile, workers)[index]
+    stop = stop or stop_on_signals()
     writer = writer_for(settings, database_url, after_commit=after_commit)
     consumer = Consumer(
-        ConsumerConfig(
-            mqtt_url=mqtt_url,
-            client_id=f"{settings.ingest_client_id}-{index}",
-            session_expiry_s=settings.ingest_session_expiry_s,
-            max_payload_bytes=settings.ingest_max_payload_bytes,
-            protocol=settings.mqtt_protocol,
-            # MQTT 3.1.1 has no shared subscriptions: one worker takes everything
-            subscription=(
-                f"$share/{settings.ingest_share_group}/{PLAIN_SUBSCRIPTION}"
-                if settings.mqtt_protocol == "5"
-                else PLAIN_SUBSCRIPTION
-            ),
-        ),
+        consumer_config(settings, mqtt_url, client_id_for(settings, index), assignment),
         rules=rules_for(settings, profile),
         writer=writer,
     )
     stats = StatsLogger(settings.ingest_stats_interval_s, worker=index)
+    started = time.monotonic()
     writer.start()
-    try:
-        consumer.start()
-    except BaseException:
-        writer.stop(timeout_s=1)
-        raise
+    consumer.start_background()
     stats.start()
-    log.info("ingest worker running", extra={"worker": index, "profile": profile.name})
+    # late data on TimescaleDB reaches the continuous aggregates through this job; one
+    # worker at a time does it (advisory lock)
+    refresh_stop = threading.Event()
+    refresher = threading.Thread(
+        target=CaggRefresher(database_url).run,
+        args=(refresh_stop,),
+        name="cagg-refresh",
+        daemon=True,
+    )
+    refresher.start()
     try:
-        while not stop.wait(HEALTH_CHECK_S):
-            # a worker whose threads died must not live on looking connected: exit non-zero
-            # so that the supervisor (ioc ingest, systemd, docker) starts a new one
-            if consumer.failed:
-                raise WorkerFailed("the MQTT network thread died; exiting to be restarted")
-            if not writer.alive:
-                raise WorkerFailed("the database writer thread died; exiting to be restarted")
+        _watch(consumer, writer, stop, index=index, started=started, supervisor=supervisor_pid)
     finally:
+        refresh_stop.set()
         drained = consumer.stop()
         stats.stop()
+        refresher.join(REFRESH_JOIN_S)
         log.info("ingest worker stopped", extra={"worker": index, "drained": drained})
 
 
-def _stop_on_signals() -> threading.Event:
+def _watch(
+    consumer: Consumer,
+    writer: Writer,
+    stop: threading.Event,
+    *,
+    index: int,
+    started: float,
+    supervisor: int | None,
+) -> None:
+    """Health loop: announce the subscription, wait for `stop`, raise when a thread died."""
+    running = False
+    wait_log_s = WAIT_LOG_FIRST_S
+    next_wait_log = started + wait_log_s
+    while True:
+        if running:
+            stopping = stop.wait(HEALTH_CHECK_S)
+        else:
+            if consumer.wait_subscribed(HEALTH_CHECK_S):
+                running = True
+                log.info(
+                    "ingest worker running",
+                    extra={
+                        "worker": index,
+                        "client_id": consumer.config.client_id,
+                        "pid": os.getpid(),
+                        "start_s": round(time.monotonic() - started, 3),
+                    },
+                )
+            elif time.monotonic() >= next_wait_log:
+                log.warning(
+                    "ingest worker waiting for the broker to take its subscription",
+                    extra={
+                        "worker": index,
+                        "connected": consumer.connected,
+                        "waited_s": round(time.monotonic() - started),
+                    },
+                )
+                wait_log_s = min(wait_log_s * 2, WAIT_LOG_MAX_S)
+                next_wait_log = time.monotonic() + wait_log_s
+            stopping = stop.is_set()
+        if stopping:
+            return
+        # a worker whose threads died must not live on looking connected: exit non-zero
+        # so that the supervisor (ioc ingest, systemd, docker) starts a new one
+        if consumer.failed:
+            raise WorkerFailed("the MQTT network thread died; exiting to be restarted")
+        if not writer.alive:
+            raise WorkerFailed("the database writer thread died; exiting to be restarted")
+        if supervisor is not None and os.getppid() != supervisor:
+            # its pool is gone (killed): a new pool starts workers with the same client ids,
+            # which this one would keep taking over
+            log.warning("ingest pool gone; worker stopping", extra={"worker": index})
+            return
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (call from the main thread)."""
     stop = threading.Event()
 
     def _handler(signum: int, frame: object) -> None:
@@ -131,51 +232,46 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def supervise(command: Sequence[str], workers: int, *, env: dict[str, str] | None = None) -> int:
-    """Run `workers` copies of `command` (with --index i), restart any that dies, stop on signal.
+def worker_command(index: int, workers: int) -> list[str]:
+    """The command line of one pool worker (settings come from the environment)."""
+    return [
+        sys.executable,
+        "-m",
+        "ingest.worker",
+        "--index",
+        str(index),
+        "--workers",
+        str(workers),
+        "--supervisor",
+        str(os.getpid()),
+    ]
 
-    Workers share nothing but the database and the broker's shared subscription.
-    """
-    stop = _stop_on_signals()
-    procs: dict[int, subprocess.Popen[bytes]] = {}
-    failures: dict[int, int] = dict.fromkeys(range(workers), 0)
-    next_start: dict[int, float] = dict.fromkeys(range(workers), 0.0)
-    child_env = dict(os.environ if env is None else env)
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """One worker of `ioc ingest`: IOC_DATABASE_URL and IOC_MQTT_URL set by the pool."""
+    parser = argparse.ArgumentParser(prog="python -m ingest.worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--supervisor", type=int, default=None)
+    args = parser.parse_args(argv)
     try:
-        while not stop.is_set():
-            now = time.monotonic()
-            for i in range(workers):
-                proc = procs.get(i)
-                if proc is not None and proc.poll() is None:
-                    continue
-                if proc is not None:
-                    failures[i] += 1
-                    delay = min(RESTART_BACKOFF_MAX_S, 2.0 ** min(failures[i], 5))
-                    log.error(
-                        "ingest worker exited; restarting",
-                        extra={"worker": i, "code": proc.returncode, "restart_in_s": delay},
-                    )
-                    next_start[i] = now + delay
-                    del procs[i]
-                    continue
-                if now >= next_start[i]:
-                    procs[i] = subprocess.Popen(  # noqa: S603
-                        [*command, "--index", str(i)], env=child_env
-                    )
-            stop.wait(0.5)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    return 0
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        if settings.database_url is None or settings.mqtt_url is None:
+            raise ConfigError("a pool worker needs IOC_DATABASE_URL and IOC_MQTT_URL")
+        run_worker(
+            settings,
+            database_url=settings.database_url.get_secret_value(),
+            mqtt_url=settings.mqtt_url.get_secret_value(),
+            profile=load_profile(settings.profile),
+            index=args.index,
+            workers=args.workers,
+            supervisor_pid=args.supervisor,
+        )
+    except IocError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
-def worker_command() -> list[str]:
-    """The command line that runs one worker of this installation."""
-    return [sys.executable, "-m", "ioc", "ingest"]
+if __name__ == "__main__":
+    main()

@@ -252,40 +252,75 @@ def _start_workers(settings: Settings, url: str, stop: threading.Event) -> list[
     return threads
 
 
-@app.command("ingest")
-def ingest(
-    workers: Annotated[
-        int, typer.Option(min=1, max=64, help="Worker processes on the shared subscription.")
-    ] = 1,
-    index: Annotated[
-        int | None, typer.Option(hidden=True, help="Worker number (internal).")
-    ] = None,
-) -> None:
-    """Consume MQTT telemetry into the database (IOC_MQTT_URL required)."""
-    from ingest.worker import run_worker, supervise, worker_command
+ingest_app = typer.Typer(
+    help="Consume MQTT telemetry into the database (IOC_MQTT_URL required).",
+    invoke_without_command=True,
+)
+app.add_typer(ingest_app, name="ingest")
 
-    settings = _settings()
+
+def _ingest_broker(settings: Settings) -> str:
     if settings.mqtt_url is None:
         raise ConfigError("IOC_MQTT_URL is required: the broker to consume from")
-    mqtt_url = settings.mqtt_url.get_secret_value()
-    if workers > 1 and settings.mqtt_protocol != "5":
-        raise ConfigError(
-            "IOC_MQTT_PROTOCOL=3.1.1 has no shared subscriptions: run one worker (--workers 1)"
-        )
+    return settings.mqtt_url.get_secret_value()
+
+
+@ingest_app.callback()
+def ingest(
+    ctx: typer.Context,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes (each restarted if it dies).")
+    ] = 1,
+) -> None:
+    """Consume MQTT telemetry into the database: a pool of supervised worker processes."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ingest.pool import run_pool
+    from ingest.worker import assignments_for
+
+    settings = _settings()
+    mqtt_url = _ingest_broker(settings)
+    profile = load_profile(settings.profile)
+    assignments_for(settings, profile, workers)  # a layout that cannot work stops here
     with database(settings) as url:
-        if index is None:  # the first process migrates and syncs; workers it starts need not
-            prepare(url, settings)
-        if index is None and workers > 1:
-            _hand_over(url, mqtt_url)
-            supervise(worker_command(), workers)
-            return
-        run_worker(
-            settings,
-            database_url=url,
-            mqtt_url=mqtt_url,
-            profile=load_profile(settings.profile),
-            index=index or 0,
-        )
+        prepare(url, settings, profile)  # the pool migrates and syncs; its workers need not
+        _hand_over(url, mqtt_url)
+        run_pool(settings, database_url=url, mqtt_url=mqtt_url, profile=profile, workers=workers)
+
+
+@ingest_app.command("retire")
+def ingest_retire(
+    client_ids: Annotated[
+        list[str],
+        typer.Argument(help="Client ids of worker sessions, e.g. ioc-ingest-myhost-1."),
+    ],
+) -> None:
+    """Drain worker sessions' backlog into the database (the normal write path), then end
+    the sessions. Stop the `ioc ingest` that uses them first."""
+    from ingest.pool import retire
+    from ingest.worker import stop_on_signals
+
+    settings = _settings()
+    mqtt_url = _ingest_broker(settings)
+    profile = load_profile(settings.profile)
+    stop = stop_on_signals()
+    with database(settings) as url:
+        prepare(url, settings, profile)
+        for client_id in client_ids:
+            done = retire(
+                settings,
+                database_url=url,
+                mqtt_url=mqtt_url,
+                profile=profile,
+                client_id=client_id,
+                stop=stop,
+            )
+            if not done.ended:
+                raise IocError(f"session {client_id!r} not retired: stopped before it was drained")
+            state = "" if done.existed else " (there was no such session)"
+            console.print(
+                f"{client_id}: {done.messages} message(s) stored or rejected; session ended{state}"
+            )
 
 
 @app.command("alerts")

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ioc.errors import BrokerError, ConfigError
+from ioc.settings import host_tag
 
 
 @dataclass(frozen=True)
@@ -144,22 +149,114 @@ def connect_properties(*, session_expiry_s: int, receive_maximum: int | None = N
     return props
 
 
-def end_session(mqtt_url: str, client_id: str, *, timeout_s: float = 10.0) -> bool:
+def disconnect_properties(*, session_expiry_s: int) -> Properties:
+    """DISCONNECT properties: `session_expiry_s` 0 ends the session as the client leaves."""
+    props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_s
+    return props
+
+
+def process_client_id(prefix: str) -> str:
+    """`prefix-host-pid`: a client id no other process uses (for clients without a session)."""
+    return f"{prefix}-{host_tag()}-{os.getpid()}"
+
+
+def end_session(
+    mqtt_url: str, client_id: str, *, timeout_s: float = 10.0, protocol: Protocol = "5"
+) -> bool:
     """Remove a persistent session and its backlog from the broker (a clean connect with
     session expiry 0, then disconnect); True once the broker accepted the connection."""
     endpoint = parse_mqtt_url(mqtt_url)
-    client = paho_client(endpoint, client_id)
+    client = paho_client(endpoint, client_id, protocol=protocol)  # 3.1.1: clean session
     connected = threading.Event()
     client.on_connect = lambda *args: connected.set()
-    client.connect(
-        endpoint.host,
-        endpoint.port,
-        clean_start=True,
-        properties=connect_properties(session_expiry_s=0),
-    )
+    if protocol == "5":
+        client.connect(
+            endpoint.host,
+            endpoint.port,
+            clean_start=True,
+            properties=connect_properties(session_expiry_s=0),
+        )
+    else:
+        client.connect(endpoint.host, endpoint.port)
     client.loop_start()
     try:
         return connected.wait(timeout_s)
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def touch_session(
+    mqtt_url: str,
+    client_id: str,
+    *,
+    session_expiry_s: int,
+    subscribe: Sequence[str] = (),
+    protocol: Protocol = "5",
+    timeout_s: float = 10.0,
+) -> bool:
+    """Resume `client_id`'s persistent session without taking a message from it (nothing is
+    acknowledged: what the broker sends is sent again later), subscribe it to `subscribe`,
+    and leave; True when the session existed. A session this call created only to look
+    is removed again (when `subscribe` is empty). BrokerError when the broker cannot be
+    reached or refuses."""
+    endpoint = parse_mqtt_url(mqtt_url)
+    client = paho_client(endpoint, client_id, manual_ack=True, protocol=protocol, persistent=True)
+    connack: list[tuple[bool, ReasonCode]] = []
+    acked: list[list[ReasonCode]] = []
+    connected, subscribed = threading.Event(), threading.Event()
+
+    def on_connect(
+        c: paho.Client, u: Any, flags: paho.ConnectFlags, rc: ReasonCode, p: Any
+    ) -> None:
+        connack.append((flags.session_present, rc))
+        connected.set()
+
+    def on_subscribe(c: paho.Client, u: Any, mid: int, rcs: list[ReasonCode], p: Any) -> None:
+        acked.append(rcs)
+        subscribed.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    where = f"MQTT broker {endpoint.host}:{endpoint.port}"
+    try:
+        if protocol == "5":
+            # one message at most is sent before the SUBACK (and stays unacknowledged)
+            props = connect_properties(session_expiry_s=session_expiry_s, receive_maximum=1)
+            client.connect(endpoint.host, endpoint.port, clean_start=False, properties=props)
+        else:
+            client.connect(endpoint.host, endpoint.port)
+    except OSError as exc:
+        raise BrokerError(f"{where} unreachable: {exc}") from None
+    client.loop_start()
+    end_now = False
+    try:
+        if not connected.wait(timeout_s):
+            raise BrokerError(f"{where} did not answer the connection of {client_id!r}")
+        present, rc = connack[0]
+        if rc.is_failure:
+            raise BrokerError(f"{where} refused the connection of {client_id!r}: {rc}")
+        if subscribe:
+            if protocol == "5":
+                opts = SubscribeOptions(
+                    qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+                )
+                client.subscribe([(f, opts) for f in subscribe])
+            else:
+                client.subscribe([(f, 1) for f in subscribe])
+            if not subscribed.wait(timeout_s):
+                raise BrokerError(f"{where} did not acknowledge the subscription of {client_id!r}")
+            refused = [str(r) for r in acked[0] if r.is_failure]
+            if refused:
+                raise BrokerError(f"{where} refused a subscription of {client_id!r}: {refused}")
+        end_now = not present and not subscribe
+    finally:
+        if end_now and protocol == "5":
+            client.disconnect(properties=disconnect_properties(session_expiry_s=0))
+        else:
+            client.disconnect()
+        client.loop_stop()
+    if end_now and protocol != "5":
+        end_session(mqtt_url, client_id, timeout_s=timeout_s, protocol=protocol)
+    return present

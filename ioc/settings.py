@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -24,6 +26,18 @@ def default_data_dir() -> Path:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib/ioc")
     return Path(platformdirs.user_data_dir("ioc", appauthor=False))
+
+
+def host_tag(max_len: int = 28) -> str:
+    """This host's name (first label) as it may appear in an MQTT client id."""
+    name = socket.gethostname().split(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:max_len] or "host"
+
+
+def default_ingest_client_id() -> str:
+    """`ioc-ingest-<host>`: the same on every start on this host (a container's hostname is
+    its id), different between hosts, so two instances never share persistent sessions."""
+    return f"ioc-ingest-{host_tag()}"
 
 
 class WebhookConfig(BaseModel):
@@ -74,7 +88,17 @@ class Settings(BaseSettings):
     ingest_unknown_metrics: Literal["reject", "accept"] = "reject"
     ingest_strict_sources: bool = False
     ingest_future_tolerance_s: int = Field(default=300, ge=0)
-    ingest_client_id: str = Field(default="ioc-ingest", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    ingest_client_id: str = Field(
+        default_factory=default_ingest_client_id,
+        pattern=r"^[A-Za-z0-9._-]{1,40}$",
+        description="names the workers' persistent sessions ({id}-0, {id}-1, ...): keep it "
+        "stable, and distinct for every `ioc ingest` instance on one broker",
+    )
+    ingest_subscription: Literal["partitioned", "shared"] = Field(
+        default="partitioned",
+        description="partitioned: plain subscriptions (one worker: the wildcard; several: "
+        "sectors dealt out), safe on Mosquitto; shared: $share/{group}/... (MQTT 5)",
+    )
     ingest_share_group: str = Field(default="ioc-ingest", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=4_294_967_295)
     ingest_stats_interval_s: float = Field(default=60.0, gt=0)

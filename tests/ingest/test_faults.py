@@ -15,6 +15,7 @@ strike once PostgreSQL shows the worker waiting for that lock.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,20 +142,38 @@ def _wait_stored(db_url: str, prefix: str, count: int, what: str) -> None:
     wait_until(lambda: _stored(db_url, prefix) >= count, timeout_s=120, what=what)
 
 
+def _worker_pid(log: Path) -> int:
+    """The pid of the worker process that last logged "ingest worker running"."""
+    found = re.findall(r"ingest worker running .*\bpid=(\d+)", log.read_text(errors="replace"))
+    assert found, f"no worker pid in {log}"
+    return int(found[-1])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie until the pool reaps it: dead all the same
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+
+
 def test_worker_killed_mid_stream_then_restarted(db_url: str, broker: EmbeddedBroker) -> None:
     prefix, client_id = unique("kill"), unique("ingest")
     log = shared_tmp("ioc-fault-") / "worker.log"
-    with worker(db_url, broker.url, client_id, log) as proc:
+    with worker(db_url, broker.url, client_id, log):
         _wait_ready(db_url, log)
         published = publish_stream(broker.url, prefix, 0, FIRST)
         _wait_stored(db_url, prefix, len(published), "the first part")
         with writes_held(db_url):
             published += publish_stream(broker.url, prefix, FIRST, MIDDLE)
             wait_until(lambda: _worker_blocked(db_url), what="the worker to block mid-batch")
-            proc.send_signal(signal.SIGKILL)  # no chance to commit or ack what it holds
-            proc.wait(30)
+            pid = _worker_pid(log)
+            os.kill(pid, signal.SIGKILL)  # no chance to commit or ack what it holds
+            wait_until(lambda: _gone(pid), what="the worker to die")
             assert _stored(db_url, prefix) == FIRST * READINGS_PER_MESSAGE
-    with worker(db_url, broker.url, client_id, log):
+        # the pool of `ioc ingest` starts a new worker on the same session
+        wait_until(lambda: _worker_pid(log) != pid, timeout_s=60, what="a new worker")
         _wait_stored(db_url, prefix, len(published), "the middle part, redelivered")
         published += publish_stream(broker.url, prefix, FIRST + MIDDLE, LAST)
         _wait_stored(db_url, prefix, len(published), "the last part")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.support.cli import IOC, clean_env, run_ioc
 from tests.support.ingest import (
@@ -21,8 +22,9 @@ from tests.support.ingest import (
 from tests.support.services import shared_tmp
 
 
+@pytest.mark.parametrize("mode", ["partitioned", "shared"])
 def test_two_worker_processes_split_the_stream_and_store_it_once(
-    db_url: str, mqtt_url: str
+    db_url: str, mqtt_url: str, mode: str
 ) -> None:
     prefix, client_id, group = unique("w2"), unique("ingest"), unique("grp")
     log = shared_tmp("ioc-workers-") / "ingest.log"
@@ -31,6 +33,7 @@ def test_two_worker_processes_split_the_stream_and_store_it_once(
         IOC_MQTT_URL=mqtt_url,
         IOC_PROFILE="mekong",
         IOC_INGEST_CLIENT_ID=client_id,
+        IOC_INGEST_SUBSCRIPTION=mode,
         IOC_INGEST_SHARE_GROUP=group,
         IOC_INGEST_STATS_INTERVAL_S="1",
         IOC_DATA_DIR=str(log.parent),
@@ -49,12 +52,14 @@ def test_two_worker_processes_split_the_stream_and_store_it_once(
         now_ms = int(time.time() * 1000)
         with Publisher(mqtt_url) as pub:
             for i in range(600):
+                # water goes to worker 1, traffic to worker 0 when partitioned
+                sector, metric = ("water", "salinity") if i % 2 else ("traffic", "flow")
                 source = f"{prefix}-{i % 6}"
                 pub.publish(
-                    f"ioc/v1/environment/{source}/telemetry",
-                    orjson.dumps({"ts": now_ms - i, "values": {"aqi": i % 300}}),
+                    f"ioc/v1/{sector}/{source}/telemetry",
+                    orjson.dumps({"ts": now_ms - i, "values": {metric: i % 30}}),
                 )
-                published.append((source, "aqi", float(now_ms - i), float(i % 300)))
+                published.append((source, metric, float(now_ms - i), float(i % 30)))
         wait_until(lambda: stored_checksum(db_url, prefix)[0] == 600, what="every reading")
         # each worker logs its own totals: both took a share
         wait_until(lambda: _worker_message_counts(log, 2), what="stats lines from both workers")

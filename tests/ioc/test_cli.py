@@ -87,3 +87,17 @@ def test_an_unknown_command_is_a_usage_error() -> None:
     assert out.returncode == 2
     assert "No such command 'nope'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ingest_refuses_a_layout_that_cannot_work_with_one_line() -> None:
+    env = {"IOC_MQTT_URL": "mqtt://127.0.0.1:1", "IOC_PROFILE": "mekong"}
+    _one_line_error(
+        run_ioc("ingest", "--workers", "9", **env),
+        "IOC_INGEST_SUBSCRIPTION=partitioned",
+        "8 sectors",
+    )
+    _one_line_error(
+        run_ioc("ingest", IOC_INGEST_SUBSCRIPTION="queue", **env), "IOC_INGEST_SUBSCRIPTION"
+    )
+    _one_line_error(run_ioc("ingest", "--workers", "2", IOC_MQTT_PROTOCOL="3.1.1", **env), "3.1.1")
+    _one_line_error(run_ioc("ingest", "retire", "ioc-ingest-x-1"), "IOC_MQTT_URL is required")

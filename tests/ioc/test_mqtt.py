@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -11,7 +13,15 @@ import pytest
 
 from ioc.embedded_pg import free_port
 from ioc.errors import BrokerError, ConfigError
-from ioc.mqtt import connect_properties, end_session, paho_client, parse_mqtt_url, ping_broker
+from ioc.mqtt import (
+    connect_properties,
+    end_session,
+    paho_client,
+    parse_mqtt_url,
+    ping_broker,
+    process_client_id,
+    touch_session,
+)
 from tests.support.ingest import publish_all
 
 
@@ -83,3 +93,33 @@ def test_end_session_drops_a_persistent_session_and_its_backlog(mqtt_url: str) -
     publish_all(mqtt_url, [(topic, b"dropped")])
     assert end_session(mqtt_url, client_id)
     assert _resume(mqtt_url, client_id) == (False, 0)
+
+
+def test_touch_session_looks_and_subscribes_without_taking_a_message(mqtt_url: str) -> None:
+    client_id, topic = f"test-touch-{uuid.uuid4().hex[:8]}", f"test/touch/{uuid.uuid4().hex[:8]}"
+    # looking at a session that does not exist leaves none behind
+    assert not touch_session(mqtt_url, client_id, session_expiry_s=600)
+    assert not touch_session(mqtt_url, client_id, session_expiry_s=600)
+    # subscribing creates it; what arrives afterwards waits in it, also past another look
+    assert not touch_session(mqtt_url, client_id, session_expiry_s=600, subscribe=[topic])
+    publish_all(mqtt_url, [(topic, b"kept")])
+    assert touch_session(mqtt_url, client_id, session_expiry_s=600)
+    assert _resume(mqtt_url, client_id) == (True, 1)
+    assert end_session(mqtt_url, client_id)
+
+
+def test_process_client_ids_differ_between_processes() -> None:
+    here = process_client_id("ioc-alerts")
+    there = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ioc.mqtt import process_client_id as p; print(p('ioc-alerts'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert here.startswith("ioc-alerts-") and there.startswith("ioc-alerts-")
+    assert here != there
+    assert here == process_client_id("ioc-alerts")  # stable within a process
