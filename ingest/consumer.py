@@ -326,7 +326,9 @@ class Consumer:
 
     def _on_other(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if not self.armed:
-            self._on_message(client, userdata, msg)
+            # Its owner may have stored its own copy already (this worker was away while the
+            # owner ran): taken as a possible redelivery, it stores nothing twice then.
+            self._handle(msg, maybe_seen=True)
             return
         self.dropped += 1  # the sector's owner holds its own copy
         self._ack(self._generation, msg.mid, msg.qos)
@@ -351,6 +353,9 @@ class Consumer:
             log.warning("disconnected from broker", extra={"reason": str(reason_code)})
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._handle(msg)
+
+    def _handle(self, msg: paho.MQTTMessage, *, maybe_seen: bool = False) -> None:
         generation, mid, qos = self._generation, msg.mid, msg.qos
         topic = msg.topic
         if is_outbound(topic):
@@ -375,7 +380,7 @@ class Consumer:
             item = self._internal_error(topic, payload, received_at, exc)
         kind = topic.rsplit("/", 1)[-1]
         metrics.MESSAGES.labels(kind if kind in _KINDS else "other").inc()
-        item.redelivered = bool(msg.dup)
+        item.redelivered = bool(msg.dup) or maybe_seen
         if qos > 0:
             acker = _Acker(self, generation, mid, qos)
             item.done = acker

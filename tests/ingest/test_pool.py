@@ -29,6 +29,7 @@ from ioc.settings import Settings
 from tests.support.cli import IOC, clean_env, run_ioc
 from tests.support.ingest import (
     Publisher,
+    query,
     readings_checksum,
     stored_checksum,
     sync,
@@ -442,3 +443,64 @@ def _caught(logger: str) -> Iterator[list[str]]:
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+
+
+N_AWAY = 700
+
+
+def test_the_catch_all_worker_back_from_an_absence_stores_nothing_twice(
+    db_url: str, broker: EmbeddedBroker
+) -> None:
+    """While worker 0 is away, its session collects the other workers' sectors too (it holds
+    the wildcard), and their owners store them. Back, worker 0 takes those copies before its
+    marker returns: readings without a time and rejects must not be stored a second time."""
+    prefix, client_id = unique("absent"), unique("pool")
+    sectors = [s.id for s in PROFILE.sectors]
+    layout = assign(sectors, 2)
+    theirs = [s for s in sectors if sector_filter(s) in layout[0].others]
+    mine = [s for s in sectors if s not in theirs]
+    with pool(db_url, broker.url, client_id) as p:
+        p.start(2)
+        p.wait_running(2)
+        wait_until(lambda: "catch-all worker leaves" in p.text(), what="worker 0 armed")
+        pid0 = next(
+            int(f.split("=", 1)[1])
+            for line in p.text().splitlines()
+            if "ingest worker running" in line and "worker=0" in line
+            for f in line.split()
+            if f.startswith("pid=")
+        )
+        os.kill(pid0, signal.SIGSTOP)  # away: its session queues everything
+        try:
+            # more than the 1,000 in flight to the stopped worker: the rest waits in its session
+            # and comes after the restart as first deliveries (no DUP flag)
+            with Publisher(broker.url) as pub:
+                for n in range(N_AWAY):
+                    sector = theirs[n % len(theirs)]
+                    body = {"values": {METRIC[sector]: float(n % 10)}}  # no time: receipt-timed
+                    pub.publish(f"ioc/v1/{sector}/{prefix}-{sector}/telemetry", orjson.dumps(body))
+                    pub.publish(f"ioc/v1/{sector}/{prefix}-{sector}/telemetry", b"{bad")
+                # last, one of worker 0's own: once it is stored, worker 0 has been through
+                # everything queued before it
+                pub.publish(
+                    f"ioc/v1/{mine[0]}/{prefix}-last/telemetry",
+                    orjson.dumps({"values": {METRIC[mine[0]]: 1.0}}),
+                )
+            wait_until(
+                lambda: stored_checksum(db_url, f"{prefix}-")[0] >= N_AWAY,
+                what="the owners to store their sectors",
+                timeout_s=90,
+            )
+        finally:
+            os.kill(pid0, signal.SIGKILL)
+        p.wait_running(3)  # the pool restarted worker 0
+        wait_until(
+            lambda: stored_checksum(db_url, f"{prefix}-last")[0] == 1,
+            what="worker 0 through its backlog",
+        )
+        assert stored_checksum(db_url, f"{prefix}-")[0] == N_AWAY + 1
+        rejects = query(
+            db_url, "SELECT count(*) FROM ingest_reject WHERE source_id LIKE %s", (f"{prefix}-%",)
+        )
+        assert rejects == [(N_AWAY,)]
+        p.stop()
