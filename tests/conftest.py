@@ -44,6 +44,15 @@ def db_url(pg_server: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def synced_db(db_url: str) -> str:
+    """This test's database with the test profile's sectors and seeded alert rules."""
+    from tests.support.ingest import sync
+
+    sync(db_url)
+    return db_url
+
+
+@pytest.fixture
 def empty_db_url(pg_server: str) -> Iterator[str]:
     """A fresh database with no tables, for migration tests."""
     name = unique_name("ioc_empty")

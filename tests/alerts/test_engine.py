@@ -14,19 +14,13 @@ from ingest.items import Item
 from ingest.writer import Writer
 from ioc.db import libpq_url
 from tests.support.alerts import engine_writer, feed
-from tests.support.ingest import make_item, query, sync, wait_until
+from tests.support.ingest import make_item, query, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 # a recent hour, so readings are neither in the future nor older than the retention
 T0 = (datetime.now(UTC) - timedelta(hours=6)).replace(second=0, microsecond=0)
 WARNING_KEY = "water/salinity/above/warning"  # >= 1 g/L held 15 minutes, clears below 0.8
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)  # sectors and the profile's seeded rules
-    return db_url
 
 
 def at(minutes: float) -> datetime:

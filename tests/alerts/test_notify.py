@@ -21,18 +21,12 @@ from ioc.db import libpq_url
 from ioc.embedded_pg import free_port
 from ioc.settings import WebhookConfig
 from tests.support.alerts import dispatching, engine_writer, feed, subscribed
-from tests.support.ingest import make_item, query, sync, unique, wait_until
+from tests.support.ingest import make_item, query, unique, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 T0 = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
 SECRET = "bí-mật"
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
 
 
 class Receiver:

@@ -13,17 +13,11 @@ from ingest.items import Item
 from ioc.db import libpq_url
 from tests.support.alerts import engine_writer, feed
 from tests.support.cli import run_ioc
-from tests.support.ingest import make_item, query, sync
+from tests.support.ingest import make_item, query
 
 pytestmark = pytest.mark.timeout(120)
 
 QUIET = SweepConfig(escalate_max_level=0, auto_resolve_s=0)  # silence only
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
 
 
 def salinity(source: str, value: float = 0.5) -> Item:

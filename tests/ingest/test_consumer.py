@@ -17,19 +17,12 @@ from tests.support.ingest import (
     readings_checksum,
     running_consumer,
     stored_checksum,
-    sync,
     unique,
     wait_until,
 )
 from tests.support.services import shared_tmp
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
 
 
 def _ms(at: datetime) -> int:

@@ -25,19 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
-from ioc.db import libpq_url
 from ioc.embedded_broker import EmbeddedBroker
 from ioc.embedded_pg import EmbeddedPostgres, free_port
 from ioc.runtime import ensure_database
 from tests.support.cli import IOC, clean_env
 from tests.support.ingest import (
     Publisher,
-    query,
+    lock_waiters,
     readings_checksum,
     stored_checksum,
+    tables_locked,
     unique,
     wait_until,
 )
@@ -118,26 +117,6 @@ def _wait_ready(db_url: str, log: Path) -> None:
     )
 
 
-@contextmanager
-def writes_held(db_url: str) -> Iterator[None]:
-    """Hold an EXCLUSIVE lock on `reading` (reads still pass, the worker's inserts wait)."""
-    with psycopg.connect(libpq_url(db_url)) as conn:
-        conn.execute("LOCK TABLE reading IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            conn.rollback()
-
-
-def _worker_blocked(db_url: str) -> bool:
-    rows = query(
-        db_url,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-    )
-    return bool(rows[0][0])
-
-
 def _wait_stored(db_url: str, prefix: str, count: int, what: str) -> None:
     wait_until(lambda: _stored(db_url, prefix) >= count, timeout_s=120, what=what)
 
@@ -165,9 +144,9 @@ def test_worker_killed_mid_stream_then_restarted(db_url: str, broker: EmbeddedBr
         _wait_ready(db_url, log)
         published = publish_stream(broker.url, prefix, 0, FIRST)
         _wait_stored(db_url, prefix, len(published), "the first part")
-        with writes_held(db_url):
+        with tables_locked(db_url, "reading"):
             published += publish_stream(broker.url, prefix, FIRST, MIDDLE)
-            wait_until(lambda: _worker_blocked(db_url), what="the worker to block mid-batch")
+            wait_until(lambda: lock_waiters(db_url) > 0, what="the worker to block mid-batch")
             pid = _worker_pid(log)
             os.kill(pid, signal.SIGKILL)  # no chance to commit or ack what it holds
             wait_until(lambda: _gone(pid), what="the worker to die")
@@ -187,9 +166,9 @@ def test_broker_restarted_mid_stream(db_url: str, broker: EmbeddedBroker) -> Non
         _wait_ready(db_url, log)
         published = publish_stream(broker.url, prefix, 0, FIRST)
         _wait_stored(db_url, prefix, len(published), "the first part")
-        with writes_held(db_url):
+        with tables_locked(db_url, "reading"):
             published += publish_stream(broker.url, prefix, FIRST, MIDDLE)
-            wait_until(lambda: _worker_blocked(db_url), what="the worker to block mid-batch")
+            wait_until(lambda: lock_waiters(db_url) > 0, what="the worker to block mid-batch")
             broker.stop()  # a clean stop: mosquitto writes its persistence file
             broker.start()  # same port, same store
         # The worker's batch now commits, but its acknowledgements belonged to the old

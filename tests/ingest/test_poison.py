@@ -22,18 +22,11 @@ from tests.support.ingest import (
     publish_all,
     query,
     running_consumer,
-    sync,
     unique,
     wait_until,
 )
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
 
 
 def _good(source: str) -> tuple[str, bytes]:

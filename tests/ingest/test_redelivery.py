@@ -14,26 +14,26 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import psycopg
 import pytest
 
 from ingest import reasons
 from ingest.consumer import Consumer, ConsumerConfig
 from ingest.items import Item, build_item
 from ingest.writer import Batch, Writer
-from ioc.db import libpq_url
 from ioc.embedded_broker import EmbeddedBroker
 from ioc.mqtt import end_session
-from tests.support.ingest import RULES, Publisher, query, sync, unique, wait_until
+from tests.support.ingest import (
+    RULES,
+    Publisher,
+    lock_waiters,
+    query,
+    tables_locked,
+    unique,
+    wait_until,
+)
 from tests.support.services import missing, shared_tmp
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
 
 
 @pytest.fixture
@@ -220,25 +220,6 @@ def _consumer(
         end_session(mqtt_url, client_id)
 
 
-@contextmanager
-def _writes_held(db_url: str) -> Iterator[None]:
-    with psycopg.connect(libpq_url(db_url)) as conn:
-        conn.execute("LOCK TABLE reading, ingest_reject IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            conn.rollback()
-
-
-def _worker_blocked(db_url: str) -> bool:
-    rows = query(
-        db_url,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-    )
-    return bool(rows[0][0])
-
-
 def test_broker_restart_while_the_database_holds_back_stores_each_message_once(
     synced_db: str, broker: EmbeddedBroker
 ) -> None:
@@ -252,7 +233,7 @@ def test_broker_restart_while_the_database_holds_back_stores_each_message_once(
         with Publisher(broker.url) as pub:
             pub.publish(f"ioc/v1/water/{src}-w/telemetry", b'{"values": {"salinity": 0.1}}')
         wait_until(lambda: len(_readings(synced_db, f"{src}-w")) == 1, what="the first reading")
-        with _writes_held(synced_db):
+        with tables_locked(synced_db, "reading", "ingest_reject"):
             with Publisher(broker.url) as pub:
                 for i in range(n):
                     body = orjson.dumps({"values": {"salinity": 1 + i / 100}})
@@ -261,7 +242,7 @@ def test_broker_restart_while_the_database_holds_back_stores_each_message_once(
                 # a sensor reporting the same value twice without a time: two readings
                 pub.publish(f"ioc/v1/water/{src}/telemetry", b'{"values": {"water_level": 2}}')
                 pub.publish(f"ioc/v1/water/{src}/telemetry", b'{"values": {"water_level": 2}}')
-            wait_until(lambda: _worker_blocked(synced_db), what="the worker to block mid-batch")
+            wait_until(lambda: lock_waiters(synced_db) > 0, what="the worker to block mid-batch")
             wait_until(lambda: consumer.received == 1 + 2 * n + 2, what="every first delivery")
             broker.stop()
             broker.start()

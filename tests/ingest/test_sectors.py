@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import psycopg
 import pytest
 
 from alerts.engine import AlertEngine
 from ingest import reasons
 from ingest.items import Item
 from ingest.writer import Writer
-from ioc.db import libpq_url
 from tests.support.alerts import feed
 from tests.support.ingest import (
+    lock_waiters,
     make_item,
     publish_all,
     query,
     running_consumer,
-    sync,
+    tables_locked,
     unique,
     wait_until,
 )
@@ -32,38 +29,12 @@ pytestmark = pytest.mark.timeout(120)
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
 
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
-
-
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
 def _telemetry(sector: str, source: str, values: dict[str, float]) -> Item:
     return make_item(f"ioc/v1/{sector}/{source}/telemetry", {"ts": _ms(NOW), "values": values})
-
-
-@contextmanager
-def _held(db_url: str, table: str) -> Iterator[None]:
-    """Hold an EXCLUSIVE lock on `table`: reads pass, the writers' inserts wait."""
-    with psycopg.connect(libpq_url(db_url)) as conn:
-        conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            conn.rollback()
-
-
-def _waiting(db_url: str) -> int:
-    rows = query(
-        db_url,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-    )
-    return int(rows[0][0])
 
 
 def test_messages_on_another_sectors_topic_are_refused(synced_db: str, mqtt_url: str) -> None:
@@ -133,11 +104,11 @@ def test_the_engine_judges_a_reading_by_its_sources_sector(synced_db: str) -> No
     writer.start()
     try:
         feed(writer, _telemetry("water", "p3", {"salinity": 0.2}))
-        with _held(synced_db, "reading"):
+        with tables_locked(synced_db, "reading"):
             # a first item takes the writer and waits on the lock; the next two queue behind
             # it and make one batch together
             assert writer.submit(_telemetry("water", "other", {"salinity": 0.1}), timeout_s=5)
-            wait_until(lambda: _waiting(synced_db) == 1, what="the writer to wait")
+            wait_until(lambda: lock_waiters(synced_db) == 1, what="the writer to wait")
             assert writer.submit(_telemetry("water", "p3", {"rainfall_24h": 150}), timeout_s=5)
             assert writer.submit(_telemetry("environment", "p3", {"aqi": 30}), timeout_s=5)
         wait_until(lambda: writer.pending()[0] == 0, what="both batches")
@@ -163,11 +134,11 @@ def test_two_workers_registering_one_source_under_two_sectors(synced_db: str) ->
     for w in writers:
         w.start()
     try:
-        with _held(synced_db, "source"):
+        with tables_locked(synced_db, "source"):
             for w, item, ev in zip(writers, items, done, strict=True):
                 item.done = lambda _i, ev=ev: ev.set()
                 assert w.submit(item, timeout_s=5)
-            wait_until(lambda: _waiting(synced_db) == 2, what="both writers at the insert")
+            wait_until(lambda: lock_waiters(synced_db) == 2, what="both writers at the insert")
         assert all(ev.wait(30) for ev in done)
     finally:
         for w in writers:

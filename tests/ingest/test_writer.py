@@ -16,15 +16,9 @@ from ingest.validation import Rules
 from ingest.writer import Batch, Writer
 from ioc.catalogue import load_profile
 from ioc.db import libpq_url
-from tests.support.ingest import RULES, query, sync, wait_until
+from tests.support.ingest import RULES, query, wait_until
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-def synced_db(db_url: str) -> str:
-    sync(db_url)
-    return db_url
 
 
 @pytest.fixture

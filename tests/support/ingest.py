@@ -174,3 +174,24 @@ def running_consumer(
         consumer.stop()  # stops the writer too, also when start() failed
         if not keep_session and protocol == "5":
             end_session(mqtt_url, client_id)
+
+
+@contextmanager
+def tables_locked(db_url: str, *tables: str) -> Iterator[None]:
+    """Hold an EXCLUSIVE lock on `tables`: reads pass, a worker's writes wait inside its batch."""
+    with psycopg.connect(libpq_url(db_url)) as conn:
+        conn.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def lock_waiters(db_url: str) -> int:
+    """How many other sessions on the database wait for a lock."""
+    rows = query(
+        db_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0][0])
