@@ -291,12 +291,21 @@ class Writer:
     # -- loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.critical("the writer thread died", exc_info=True)
+            raise
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
         while True:
             items = self._take()
             if items is None:
-                break
+                return
             if not self._write_until_done(items):
-                break
+                return
             self._release(items)
             for item in items:
                 if item.done is not None:
@@ -311,7 +320,6 @@ class Writer:
                 except psycopg.Error as exc:
                     log.warning("pruning old receipts failed", extra={"error": str(exc)[:300]})
                     self._close()
-        self._close()
 
     def _write_until_done(self, items: list[Item]) -> bool:
         """Write the batch, retrying transient errors with capped backoff; False if abandoned.

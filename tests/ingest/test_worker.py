@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from ingest.worker import run_worker
+from ioc.catalogue import load_profile
+from ioc.errors import WorkerFailed
+from ioc.settings import Settings
 from tests.support.cli import IOC, clean_env, run_ioc
 from tests.support.ingest import (
     Publisher,
@@ -101,3 +107,46 @@ def test_simulate_publishes_for_a_fixed_duration(mqtt_url: str) -> None:
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("published ") and summary.endswith("seed 7"), summary
     assert int(summary.split()[1]) > 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_whose_writer_thread_died_exits_to_be_restarted(
+    synced_db: str, mqtt_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never a zombie that looks connected: a dead thread ends run_worker with WorkerFailed
+    (exit code 1 and one `error:` line from `ioc ingest`'s worker)."""
+    prefix = unique("zombie")
+    settings = Settings(ingest_client_id=unique("zombie"), profile="mekong")
+    failure: list[BaseException] = []
+
+    def die(batch: object, committed: object) -> None:
+        raise SystemExit("the writer thread ends here")  # past `except Exception`
+
+    def work() -> None:
+        try:
+            run_worker(
+                settings,
+                database_url=synced_db,
+                mqtt_url=mqtt_url,
+                profile=load_profile("mekong"),
+                stop=threading.Event(),
+                after_commit=[die],
+            )
+        except BaseException as exc:  # noqa: BLE001  (the test looks at it)
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    caplog.set_level(logging.INFO, logger="ioc.ingest")
+    thread.start()
+    try:
+        wait_until(lambda: "ingest worker running" in caplog.text, what="the worker subscribed")
+        with Publisher(mqtt_url) as pub:
+            pub.publish(
+                f"ioc/v1/water/{prefix}/telemetry", orjson.dumps({"values": {"salinity": 1}})
+            )
+        wait_until(lambda: bool(failure), what="the worker to give up")
+    finally:
+        thread.join(60)
+        end_session(mqtt_url, f"{settings.ingest_client_id}-0")
+    assert isinstance(failure[0], WorkerFailed)
+    assert "writer thread died" in str(failure[0])
