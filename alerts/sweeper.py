@@ -196,6 +196,7 @@ def sweep_config(settings: Settings) -> SweepConfig:
         escalate_after_s=settings.alerts_escalate_after_s,
         escalate_max_level=settings.alerts_escalate_max_level,
         auto_resolve_s=settings.alerts_auto_resolve_s,
+        min_silence_s=settings.alerts_min_silence_s,
     )
 
 

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="an unacknowledged critical alert escalates this often"
     )
     alerts_escalate_max_level: int = Field(default=3, ge=0, le=20)
+    alerts_min_silence_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="never report a source silent sooner than this, whatever its interval",
+    )
     alerts_webhooks: tuple[WebhookConfig, ...] = Field(
         default=(),
         description='JSON list: [{"name", "url", "secret", "min_severity", "sectors"}]',

@@ -8,9 +8,10 @@ import psycopg
 import pytest
 
 from alerts import lifecycle
-from alerts.sweeper import SWEEP_LOCK_KEY, SweepConfig, SweepReport, sweep
+from alerts.sweeper import SWEEP_LOCK_KEY, SweepConfig, SweepReport, sweep, sweep_config
 from ingest.items import Item
 from ioc.db import libpq_url
+from ioc.settings import Settings
 from tests.support.alerts import engine_writer, feed
 from tests.support.cli import run_ioc
 from tests.support.ingest import make_item, query
@@ -60,6 +61,23 @@ def test_a_silent_source_gets_one_alert_per_silent_period(synced_db: str) -> Non
         assert run_sweep(synced_db, QUIET, later + timedelta(minutes=40)).silenced == 1
     assert [s for s, st, _ in silence_alerts(synced_db) if st == "open"] == ["tram-a", "tram-b"]
     assert len(silence_alerts(synced_db)) == 3
+
+
+def test_the_shortest_silence_reported_is_a_setting(synced_db: str) -> None:
+    """A source reporting every 5 s is silent after 15 s, but never sooner than
+    IOC_ALERTS_MIN_SILENCE_S (60 s by default)."""
+    with engine_writer(synced_db) as writer:
+        feed(writer, salinity("fast-1"))
+    query(synced_db, "UPDATE source SET interval_s = 5 WHERE id = 'fast-1'")
+    after_30_s = datetime.now(UTC) + timedelta(seconds=30)
+    by_default = sweep_config(Settings(alerts_escalate_max_level=0, alerts_auto_resolve_s=0))
+    assert by_default.min_silence_s == 60
+    assert run_sweep(synced_db, by_default, after_30_s).silenced == 0
+    shorter = sweep_config(
+        Settings(alerts_escalate_max_level=0, alerts_auto_resolve_s=0, alerts_min_silence_s=10)
+    )
+    assert run_sweep(synced_db, shorter, after_30_s).silenced == 1
+    assert silence_alerts(synced_db) == [("fast-1", "open", None)]
 
 
 def test_a_source_that_never_sent_readings_is_not_silent(synced_db: str) -> None:
