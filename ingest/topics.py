@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 from ingest import reasons
 from ioc.errors import DecodeError
+from ioc.settings import SubscriptionMode
 
 PREFIX: Final = "ioc/v1/"
 KINDS: Final = ("telemetry", "senml", "status", "event")
@@ -19,8 +20,6 @@ OUTBOUND_PREFIX: Final = f"{PREFIX}alerts/"
 # A pool's catch-all worker publishes one of these to itself (see Assignment.others); it
 # matches the wildcard but no sector filter, and no sector id starts with "_".
 MARKER_FILTER: Final = f"{PREFIX}_ingest/+/marker"
-
-SubscriptionMode = Literal["partitioned", "shared"]
 
 _SECTOR_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _SOURCE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")

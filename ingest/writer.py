@@ -203,7 +203,6 @@ class Writer:
         self._abandon = threading.Event()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._series: dict[SeriesKey, int] = {}
-        self._known_sources: set[str] = set()
         self._source_sectors: dict[str, str] = {}
         self._pruned_at = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -463,7 +462,6 @@ class Writer:
                 item.event_id = None
             raise
         self._series.update(new_series)
-        self._known_sources.update(i.source_id for i in items if i.source_id and i.sector)
         self.batches += 1
         committed = datetime.now(UTC)
         self._count(batch, committed, time.perf_counter() - started)
@@ -480,9 +478,7 @@ class Writer:
         known = self._source_sectors
         wanted = {str(i.source_id) for i in items if _registers(i) and i.source_id not in known}
         if wanted:
-            cur.execute("SELECT id, sector_id FROM source WHERE id = ANY(%s)", (sorted(wanted),))
-            for source_id, sector_id in cur.fetchall():
-                known[str(source_id)] = str(sector_id)
+            self._learn_sectors(cur, wanted)
         sectors = batch.source_sectors
         for item in items:
             if not _registers(item):
@@ -495,6 +491,12 @@ class Writer:
                     reasons.WRONG_SECTOR,
                     f"source {source!r} belongs to sector {owner!r}, not {sector!r}",
                 )
+
+    def _learn_sectors(self, cur: psycopg.Cursor[tuple[object, ...]], sources: set[str]) -> None:
+        """Cache the registered sector of those of `sources` the database knows."""
+        cur.execute("SELECT id, sector_id FROM source WHERE id = ANY(%s)", (sorted(sources),))
+        for source_id, sector_id in cur.fetchall():
+            self._source_sectors[str(source_id)] = str(sector_id)
 
     def _receipts(self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]) -> None:
         """Record the receipts of messages timed by their delivery; restamp redeliveries."""
@@ -562,18 +564,13 @@ class Writer:
     def _reject_unknown_sources(
         self, cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]
     ) -> None:
-        wanted = {
-            i.source_id
-            for i in items
-            if i.source_id and i.sector and (i.readings or i.status or i.event)
-        } - self._known_sources
+        known = self._source_sectors
+        wanted = {str(i.source_id) for i in items if _registers(i) and i.source_id not in known}
         if not wanted:
             return
-        cur.execute("SELECT id FROM source WHERE id = ANY(%s)", (sorted(wanted),))
-        found = {str(row[0]) for row in cur.fetchall()}
-        self._known_sources |= found
+        self._learn_sectors(cur, wanted)
         for item in items:
-            if item.source_id in wanted - found and (item.readings or item.status or item.event):
+            if item.source_id in wanted - known.keys() and _registers(item):
                 item.reject_all(
                     reasons.UNKNOWN_SOURCE,
                     f"source {item.source_id!r} is not registered (IOC_INGEST_STRICT_SOURCES)",

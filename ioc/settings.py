@@ -40,6 +40,10 @@ def default_ingest_client_id() -> str:
     return f"ioc-ingest-{host_tag()}"
 
 
+SubscriptionMode = Literal["partitioned", "shared"]
+"""How ingest workers subscribe: plain filters dealt out by sector, or one shared filter."""
+
+
 class WebhookConfig(BaseModel):
     """One webhook receiver (from `IOC_ALERTS_WEBHOOKS`, a JSON list of these)."""
 
@@ -94,7 +98,7 @@ class Settings(BaseSettings):
         description="names the workers' persistent sessions ({id}-0, {id}-1, ...): keep it "
         "stable, and distinct for every `ioc ingest` instance on one broker",
     )
-    ingest_subscription: Literal["partitioned", "shared"] = Field(
+    ingest_subscription: SubscriptionMode = Field(
         default="partitioned",
         description="partitioned: plain subscriptions (one worker: the wildcard; several: "
         "sectors dealt out), safe on Mosquitto; shared: $share/{group}/... (MQTT 5)",

@@ -12,6 +12,7 @@ them; the buckets overlapping such a range are answered from raw rows meanwhile.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -387,7 +388,8 @@ async def aggregate(
     ids = sorted(set(series_ids))
     if storage is None:
         storage = await detect_storage(conn)
-    the_plan = plan(
+    planned = functools.partial(
+        plan,
         start=start,
         end=end,
         bucket=bucket,
@@ -396,6 +398,7 @@ async def aggregate(
         storage=storage,
         series_count=len(ids),
     )
+    the_plan = planned()
     if not ids:
         return []
     if storage.pending and the_plan.relation != "reading":
@@ -403,16 +406,7 @@ async def aggregate(
         # this read only means that batch's late readings are not in this answer yet
         late = await pending_ranges(conn, the_plan.start, the_plan.end)
         if late:
-            the_plan = plan(
-                start=start,
-                end=end,
-                bucket=bucket,
-                fn=fn,
-                tz=zone_info,
-                storage=storage,
-                series_count=len(ids),
-                late=late,
-            )
+            the_plan = planned(late=late)
     params: dict[str, object] = {"ids": ids, "start": the_plan.start, "end": the_plan.end}
     params |= the_plan.params()
     if bucket.kind == "fixed":

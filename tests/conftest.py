@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ioc.db import make_engine
+from ioc.embedded_broker import EmbeddedBroker
 from tests.support.services import (
     create_database,
     drop_database,
     migrated_template,
+    missing,
     mqtt_broker,
     postgres_server,
+    shared_tmp,
     unique_name,
 )
 
@@ -78,3 +82,12 @@ def mqtt_url() -> Iterator[str]:
     """URL of a real MQTT broker."""
     with mqtt_broker() as url:
         yield url
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A Mosquitto of this test's own (persistence on, as in docker/), so it may restart it."""
+    if shutil.which("mosquitto") is None:
+        missing("the mosquitto binary is needed to restart a broker")
+    with EmbeddedBroker(shared_tmp("ioc-test-own-mqtt-"), kind="mosquitto") as b:
+        yield b

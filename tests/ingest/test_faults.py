@@ -40,7 +40,7 @@ from tests.support.ingest import (
     unique,
     wait_until,
 )
-from tests.support.services import missing, shared_tmp
+from tests.support.services import shared_tmp
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,15 +49,6 @@ READINGS_PER_MESSAGE = 4
 METRICS = ("salinity", "water_level", "rainfall_24h", "supply_chloride")
 
 Published = list[tuple[str, str, float, float]]
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own (persistence on), so the test may restart it."""
-    if shutil.which("mosquitto") is None:
-        missing("the mosquitto binary is needed to restart a broker")
-    with EmbeddedBroker(shared_tmp("ioc-fault-mqtt-"), kind="mosquitto") as b:
-        yield b
 
 
 @contextmanager

@@ -55,15 +55,6 @@ METRIC = {
 Published = list[tuple[str, str, float, float]]
 
 
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    """A Mosquitto of this test's own (persistence on, as in docker/), so it may restart it."""
-    if shutil.which("mosquitto") is None:
-        missing("the mosquitto binary is needed to restart a broker")
-    with EmbeddedBroker(shared_tmp("ioc-pool-mqtt-"), kind="mosquitto") as b:
-        yield b
-
-
 class Pool:
     """`ioc ingest --workers N` as a child process, its log in a file."""
 

@@ -8,7 +8,6 @@ redelivered (MQTT DUP), or one held from a connection that dropped, takes the re
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -31,7 +30,6 @@ from tests.support.ingest import (
     unique,
     wait_until,
 )
-from tests.support.services import missing, shared_tmp
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -175,15 +173,6 @@ def test_old_receipts_are_pruned(synced_db: str) -> None:
 
 
 # -- through a real broker that restarts while the database holds the worker back ---------
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    """A mosquitto of this test's own (persistence on), so the test may restart it."""
-    if shutil.which("mosquitto") is None:
-        missing("the mosquitto binary is needed to restart a broker")
-    with EmbeddedBroker(shared_tmp("ioc-redelivery-mqtt-"), kind="mosquitto") as b:
-        yield b
 
 
 class _Committed:
