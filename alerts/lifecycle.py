@@ -17,7 +17,17 @@ from psycopg.types.json import Jsonb
 
 from ioc.errors import IocError
 
-EventKind = Literal["opened", "updated", "escalated", "acknowledged", "resolved", "reopened"]
+EventKind = Literal[
+    "opened",
+    "updated",
+    "raised",
+    "lowered",
+    "escalated",
+    "acknowledged",
+    "resolved",
+    "reopened",
+    "retracted",
+]
 NOTIFY_CHANNEL: Final = "ioc_alert_event"
 SYSTEM_ACTOR: Final = "system"
 
@@ -87,12 +97,13 @@ _INSERT_ALERT: Final = (
 )
 _UPDATE_ACTIVE: Final = (
     "UPDATE alert SET occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, "
-    "updated_at = now() WHERE cause_key = %s AND status <> 'resolved' RETURNING id"
+    "updated_at = now(), confirmed_at = now() WHERE cause_key = %s AND status <> 'resolved' RETURNING id"
 )
 _REOPEN: Final = (
     "UPDATE alert SET status = 'open', resolved_at = NULL, resolved_by = NULL, "
     "acknowledged_at = NULL, acknowledged_by = NULL, escalation_level = 0, "
-    "occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, updated_at = now() "
+    "occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, updated_at = now(), "
+    "transitioned_at = now(), confirmed_at = now(), condition_ended_at = NULL "
     "WHERE id = (SELECT id FROM alert WHERE cause_key = %s AND status = 'resolved' "
     "AND resolved_at >= %s ORDER BY resolved_at DESC LIMIT 1) "
     "AND NOT EXISTS (SELECT 1 FROM alert WHERE cause_key = %s AND status <> 'resolved') "
@@ -164,7 +175,8 @@ def touch(cur: Cursor, alert_ids: list[int], values: list[float], seen: list[dat
     if not alert_ids:
         return
     cur.execute(
-        "UPDATE alert a SET last_value = u.value, last_seen_at = greatest(a.last_seen_at, u.seen) "
+        "UPDATE alert a SET last_value = u.value, last_seen_at = greatest(a.last_seen_at, u.seen), "
+        "confirmed_at = now() "
         "FROM unnest(%s::bigint[], %s::float8[], %s::timestamptz[]) AS u(id, value, seen) "
         "WHERE a.id = u.id AND a.status <> 'resolved'",
         (alert_ids, values, seen),
@@ -199,7 +211,7 @@ def close(
 def escalate(cur: Cursor, alert_id: int, level: int, *, detail: dict[str, Any]) -> int | None:
     """Raise an unacknowledged alert's escalation level; the event id, or None if it moved on."""
     cur.execute(
-        "UPDATE alert SET escalation_level = %s, updated_at = now() "
+        "UPDATE alert SET escalation_level = %s, updated_at = now(), transitioned_at = now() "
         "WHERE id = %s AND status = 'open' AND escalation_level < %s RETURNING id",
         (level, alert_id, level),
     )
@@ -231,7 +243,7 @@ def acknowledge(
             raise AlertConflict(f"alert {alert_id} is {status}, not open")
         cur.execute(
             "UPDATE alert SET status = 'acknowledged', acknowledged_at = now(), "
-            "acknowledged_by = %s, updated_at = now() WHERE id = %s",
+            "acknowledged_by = %s, updated_at = now(), transitioned_at = now() WHERE id = %s",
             (actor, alert_id),
         )
         return record(cur, alert_id, "acknowledged", actor=actor, detail=_note(note))

@@ -222,6 +222,12 @@ class Alert(Base):
         ),
         Index(None, "sector_id", "opened_at"),
         Index(None, "cause_key", "resolved_at"),
+        Index("ix_alert_cause_key_condition", "cause_key", "condition_started_at"),
+        Index(
+            "ix_alert_open_transitioned",
+            "transitioned_at",
+            postgresql_where=text("status = 'open'"),
+        ),
         Index(
             "ix_alert_active_status_severity",
             "status",
@@ -252,6 +258,18 @@ class Alert(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolved_by: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    # the condition by reading time: its first breaching reading, the reading at which it had
+    # lasted long enough, the reading that cleared it
+    condition_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    condition_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    condition_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    peak_severity: Mapped[str | None] = mapped_column(Text)
+    title_en: Mapped[str | None] = mapped_column(Text)  # `title` is Vietnamese
+    # wall time: the latest transition (escalation counts from it) and the latest reading or
+    # transition that confirmed the alert (auto-resolution counts from it)
+    transitioned_at: Mapped[datetime] = _now()
+    confirmed_at: Mapped[datetime] = _now()
+    retracted: Mapped[bool] = mapped_column(server_default=text("false"))  # late readings
 
 
 class AlertEvent(Base):
