@@ -1,7 +1,8 @@
 """Render an alert as an OASIS Common Alerting Protocol 1.2 message (XML).
 
-One message per alert event: the first (opened) is an `Alert`; later events are `Update`s,
-and resolution is a `Cancel`, each referencing the first message. Two info blocks carry the
+One message per alert event: the first (opened) is an `Alert`; later events are `Update`s
+(a severity raised or lowered carries the severity at that event), and resolution or a
+retraction is a `Cancel`, each referencing the first message. Two info blocks carry the
 same alert in Vietnamese and in English. The area is the source's location (a small circle)
 and its district.
 """
@@ -50,8 +51,15 @@ MSG_TYPE: Final = MappingProxyType(
         "escalated": "Update",
         "acknowledged": "Update",
         "reopened": "Update",
+        "raised": "Update",
+        "lowered": "Update",
         "resolved": "Cancel",
+        "retracted": "Cancel",
     }
+)
+ENDED: Final = frozenset({"resolved", "retracted"})  # nothing left to do: AllClear, Past
+SEVERITY_VI: Final = MappingProxyType(
+    {"critical": "nguy hiểm", "warning": "cảnh báo", "info": "thông tin"}
 )
 POINT_RADIUS_KM: Final = 0.5  # a sensor or camera: a small circle around it
 
@@ -66,18 +74,19 @@ class CapAlert:
     event_at: datetime
     first_event_id: int  # the `opened` event: the message later ones reference
     first_at: datetime
-    severity: str
-    status: str
+    severity: str  # at this event
+    status: str  # at this event
     sector_id: str
     sector_vi: str
     sector_en: str
-    title: str
+    title: str  # Vietnamese
+    title_en: str | None = None
     rule_kind: str | None = None
     metric: str | None = None
     metric_vi: str | None = None
     metric_en: str | None = None
     unit: str | None = None
-    value: float | None = None
+    value: float | None = None  # the reading this event is about, else the alert's latest
     threshold: float | None = None
     operator: str | None = None
     source_id: str | None = None
@@ -129,8 +138,17 @@ def _descriptions(a: CapAlert) -> tuple[str, str]:
         vi = en = a.agency_description or a.title
     if a.event_kind == "resolved":
         vi, en = f"Đã kết thúc. {vi}", f"Ended. {en}"
+    elif a.event_kind == "retracted":
+        vi = f"Rút lại: số liệu đến muộn cho thấy điều kiện không kéo dài đủ lâu. {vi}"
+        en = f"Withdrawn: late readings show the condition did not last long enough. {en}"
     elif a.event_kind == "escalated":
         vi, en = f"Chưa được xử lý, nâng mức cảnh báo. {vi}", f"Not yet handled, escalated. {en}"
+    elif a.event_kind == "raised":
+        vi = f"Mức độ tăng lên {SEVERITY_VI.get(a.severity, a.severity)}. {vi}"
+        en = f"Severity raised to {a.severity}. {en}"
+    elif a.event_kind == "lowered":
+        vi = f"Mức độ giảm xuống {SEVERITY_VI.get(a.severity, a.severity)}. {vi}"
+        en = f"Severity lowered to {a.severity}. {en}"
     return " ".join(vi.split()), " ".join(en.split())
 
 
@@ -171,20 +189,21 @@ def render(
     sub(root, "incidents", f"alert-{a.alert_id}")
     vi, en = _descriptions(a)
     event_vi, event_en = _event_names(a)
-    for language, sector_name, event, description, district_name in (
-        ("vi-VN", a.sector_vi, event_vi, vi, a.district_vi),
-        ("en-US", a.sector_en, event_en, en, a.district_en),
+    ended = a.event_kind in ENDED
+    for language, sector_name, event, headline, description, district_name in (
+        ("vi-VN", a.sector_vi, event_vi, a.title, vi, a.district_vi),
+        ("en-US", a.sector_en, event_en, a.title_en or a.title, en, a.district_en),
     ):
         info = sub(root, "info")
         sub(info, "language", language)
         sub(info, "category", CATEGORY.get(a.sector_id, "Other"))
         sub(info, "event", f"{sector_name}: {event}")
-        sub(info, "responseType", "AllClear" if a.event_kind == "resolved" else "Monitor")
-        sub(info, "urgency", "Past" if a.event_kind == "resolved" else URGENCY[a.severity])
+        sub(info, "responseType", "AllClear" if ended else "Monitor")
+        sub(info, "urgency", "Past" if ended else URGENCY[a.severity])
         sub(info, "severity", SEVERITY[a.severity])
         sub(info, "certainty", "Observed")
         sub(info, "senderName", sender_name)
-        sub(info, "headline", a.title[:160])
+        sub(info, "headline", headline[:160])
         sub(info, "description", description)
         params = {
             "ioc:alert_id": str(a.alert_id),
@@ -216,7 +235,7 @@ _LOAD: Final = """
 SELECT a.id, e.id, e.kind, e.at, f.id, f.at, e.severity, e.status, a.sector_id, sc.name_vi,
        sc.name_en, a.title, a.rule_kind, a.metric, a.last_value, r.threshold, r.direction,
        r.inclusive, a.source_id, s.latitude, s.longitude, s.district, ev.description,
-       sc.metrics
+       sc.metrics, a.title_en, e.detail
 FROM alert_event e
 JOIN alert a ON a.id = e.alert_id
 JOIN sector sc ON sc.id = a.sector_id
@@ -226,6 +245,14 @@ LEFT JOIN source s ON s.id = a.source_id
 LEFT JOIN event ev ON ev.id = a.event_id
 WHERE e.id = %s
 """
+
+
+_OPERATORS: Final = frozenset({">", ">=", "<", "<="})
+_READING_EVENTS: Final = frozenset({"opened", "updated", "reopened", "raised", "lowered"})
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def load(
@@ -240,11 +267,18 @@ def load(
         return None
     (aid, eid, kind, at, fid, fat, severity, status, sector, sector_vi, sector_en, title) = row[:12]
     (rule_kind, metric, value, threshold, direction, inclusive, source) = row[12:19]
-    (lat, lon, district, agency_description, metrics) = row[19:24]
+    (lat, lon, district, agency_description, metrics, title_en, detail) = row[19:26]
     m: dict[str, Any] = next((x for x in metrics or () if x.get("id") == metric), {})
     op = None
     if direction is not None:
         op = (">" if direction == "above" else "<") + ("=" if inclusive else "")
+    # an event about a breaching reading carries that reading and the limit it crossed (a
+    # severity change moves the alert to another rule of its group); others show the latest
+    detail = detail if isinstance(detail, dict) and kind in _READING_EVENTS else {}
+    if _is_number(detail.get("value")):
+        value = float(detail["value"])
+        if _is_number(detail.get("threshold")) and detail.get("operator") in _OPERATORS:
+            threshold, op = float(detail["threshold"]), str(detail["operator"])
     names = {d.id: d for d in districts}
     d = names.get(district)
     return CapAlert(
@@ -260,6 +294,7 @@ def load(
         sector_vi=sector_vi,
         sector_en=sector_en,
         title=title,
+        title_en=title_en,
         rule_kind=rule_kind,
         metric=metric,
         metric_vi=m.get("name_vi"),

@@ -1,9 +1,14 @@
 """The alert engine inside the ingest batch transaction: readings, rule state and alert changes
 commit together, before the MQTT acknowledgement.
 
-Per batch it evaluates only the rules indexed under the batch's (sector, metric) pairs, locks
-the matching `alert_state` rows in one order (so concurrent workers feeding one source take
-turns), applies the pure evaluation, and writes state back in one statement.
+Per batch it looks only at the rule groups indexed under the batch's (sector, metric) pairs and
+only at readings the batch stored for the first time (a redelivered reading changes nothing).
+It locks the groups' `alert_state` rows in one order (so concurrent workers feeding one source
+take turns). Readings newer than everything stored for their series run the rules on from the
+saved state; a reading older than one already stored (late, within the lateness horizon) makes
+the engine judge the stored readings again from the last reading before it that cleared the
+condition, and reconcile the alerts of that stretch with what it finds: which alerts exist, and
+their condition times by reading time, do not depend on the order readings arrived in.
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import psycopg
 
 from alerts import lifecycle
-from alerts.evaluation import State, Transition, evaluate
-from alerts.rules import Rule, RuleIndex
+from alerts.evaluation import Change, Reading, State, run_group
+from alerts.rules import Group, Rule, RuleIndex
+from alerts.titles import MetricText, deviation_titles, threshold_titles
 
 log = logging.getLogger("ioc.alerts.engine")
 
 RULES_CHECK_S: Final = 5.0
 DISTRICT_CACHE_S: Final = 60.0
 ENGINE_ACTOR: Final = "engine"
+LATENESS_S: Final = 86_400.0
+MAX_CHAIN: Final = 16  # alerts followed back through reopen windows before giving up
 
 _LOAD_RULES: Final = """
 SELECT id, name, kind, sector_id, severity, metric, direction, threshold, inclusive, for_s,
@@ -49,19 +57,6 @@ FROM alert_state s JOIN unnest(%s::int[], %s::text[]) AS k(rule_id, source_id)
 ORDER BY s.rule_id, s.source_id
 FOR UPDATE OF s
 """
-_LOCK_ACTIVE: Final = f"""
-SELECT {_STATE_COLUMNS}
-FROM alert_state s JOIN unnest(%s::int[], %s::text[]) AS k(rule_id, source_id)
-  ON s.rule_id = k.rule_id AND s.source_id = k.source_id
-WHERE s.state <> 'normal'
-ORDER BY s.rule_id, s.source_id
-FOR UPDATE OF s
-"""
-_STORED_SINCE: Final = """
-SELECT r.series_id, r.ts FROM reading r
-JOIN unnest(%s::int[], %s::timestamptz[]) AS k(series_id, since)
-  ON r.series_id = k.series_id AND r.ts >= k.since
-"""
 _SAVE_STATE: Final = """
 UPDATE alert_state s
 SET state = u.state, pending_since = u.pending_since, last_ts = u.last_ts,
@@ -72,6 +67,27 @@ FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::timestampt
      AS u(rule_id, source_id, state, pending_since, last_ts, last_value, alert_id, stat_mean,
           stat_var, stat_samples)
 WHERE s.rule_id = u.rule_id AND s.source_id = u.source_id
+"""
+# the newest reading before `lo` (not older than the horizon) after which the group is normal
+# whatever came before, and whether any reading lies in that range at all
+_ANCHOR: Final = """
+SELECT (SELECT max(ts) FROM reading WHERE series_id = %(sid)s AND ts >= %(floor)s
+          AND ts < %(lo)s AND ({reset})),
+       EXISTS (SELECT 1 FROM reading WHERE series_id = %(sid)s AND ts >= %(floor)s
+               AND ts < %(lo)s)
+"""
+# the earliest start of the cause's alerts that may join a condition after `base`
+_CHAINED: Final = """
+SELECT min(condition_started_at) FROM alert
+WHERE cause_key = %s AND NOT retracted AND condition_started_at <= %s
+  AND coalesce(condition_ended_at, 'infinity') >= %s
+"""
+_WINDOW: Final = "SELECT ts, value FROM reading WHERE series_id = %s AND ts > %s ORDER BY ts"
+_ALERTS_AFTER: Final = """
+SELECT id, status, resolved_by, condition_started_at, condition_ended_at FROM alert
+WHERE cause_key = %s AND NOT retracted AND condition_started_at > %s
+ORDER BY condition_started_at, id
+FOR UPDATE
 """
 _SILENCE_RECOVERED: Final = """
 UPDATE alert_state s SET state = 'normal', alert_id = NULL, updated_at = now()
@@ -100,13 +116,27 @@ class EngineBatch(Protocol):
         """The registered sector of each source in the batch."""
         ...
 
+    @property
+    def new_readings(self) -> list[tuple[int, datetime, float]] | None:
+        """(series_id, ts, value) of the readings stored for the first time."""
+        ...
+
+    @property
+    def newest_before(self) -> Mapping[int, datetime | None]:
+        """Per series with new readings, its newest reading stored before the batch."""
+        ...
+
 
 @dataclass(slots=True)
-class _Series:
-    """One series' readings in a batch."""
+class _Work:
+    """One rule group on one source in a batch: its new readings, in order and late."""
 
+    group: Group
+    source: str
+    metric: str
     sid: int
-    readings: list[tuple[datetime, float]]
+    fresh: list[Reading]
+    late: list[Reading]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +147,19 @@ class Outcome:
     opened: int = 0
     updated: int = 0
     resolved: int = 0
+    reevaluated: int = 0  # groups judged again for late readings
+    retracted: int = 0
+
+
+def load_metric_texts(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], MetricText]:
+    """Names and units of every catalogued metric, by (sector, metric)."""
+    out: dict[tuple[str, str], MetricText] = {}
+    for sector, metrics in conn.execute("SELECT id, metrics FROM sector").fetchall():
+        for m in metrics or []:
+            out[(sector, m["id"])] = MetricText(
+                m.get("name_vi") or m["id"], m.get("name_en") or m["id"], m.get("unit") or ""
+            )
+    return out
 
 
 def load_rules(conn: psycopg.Connection[Any]) -> RuleIndex:
@@ -147,17 +190,32 @@ def load_rules(conn: psycopg.Connection[Any]) -> RuleIndex:
 class AlertEngine:
     """A writer hook (`Writer(hooks=[engine])`): evaluates each batch in its transaction."""
 
-    def __init__(self, *, reopen_window_s: float = 0.0, rules_check_s: float = RULES_CHECK_S):
+    wants_new_readings = True  # the writer tells which readings are new, and what came before
+
+    def __init__(
+        self,
+        *,
+        reopen_window_s: float = 0.0,
+        lateness_s: float = LATENESS_S,
+        rules_check_s: float = RULES_CHECK_S,
+    ):
         self.reopen_window_s = reopen_window_s
+        self.lateness_s = lateness_s
         self.rules_check_s = rules_check_s
         self._index: RuleIndex | None = None
+        self._texts: dict[tuple[str, str], MetricText] = {}
         self._version: tuple[Any, ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self._district_of: dict[str, str | None] = {}
         self._districts_at = 0.0
+        self._names: dict[str, str] = {}
         self.last: Outcome = Outcome()
         self.failures = 0
+        self.beyond_horizon = 0
+        """Late readings older than the horizon: stored, not judged again."""
+        self.unanchored = 0
+        """Late readings inside a condition longer than the horizon: stored, not judged again."""
 
     def rules(self, conn: psycopg.Connection[Any]) -> RuleIndex:
         """The rule index, reloaded when the rules changed (checked every few seconds)."""
@@ -168,6 +226,7 @@ class AlertEngine:
             version = tuple(conn.execute(_RULES_VERSION).fetchone() or ())
             if self._index is None or version != self._version:
                 self._index = load_rules(conn)
+                self._texts = load_metric_texts(conn)
                 self._version = version
                 log.info("alert rules loaded", extra={"rules": len(self._index)})
             self._checked = now
@@ -197,88 +256,105 @@ class AlertEngine:
         index = self.rules(conn)
         if not index:
             return Outcome()
-        # the source's registered sector, never the topic of one of its messages
-        sectors = batch.source_sectors
-        series: dict[tuple[str, str], _Series] = {}
-        for sid, source, metric, ts, value in batch.readings:
-            view = series.get((source, metric))
-            if view is None:
-                series[(source, metric)] = _Series(sid, [(ts, value)])
-            else:
-                view.readings.append((ts, value))
-        counts = [0, 0, 0]  # opened, updated, resolved
+        counts = _Counts()
         with conn.cursor() as cur:
-            districts = self._districts(cur, index, {s for s, _ in series})
-            pairs: dict[tuple[int, str], _Series] = {}
-            breaching: set[tuple[int, str]] = set()
-            for (source, metric), view in series.items():
-                sector = sectors.get(source)
-                if sector is None:
-                    continue
-                rules = index.thresholds(sector, metric, source, districts.get(source))
-                if not rules:
-                    continue
-                values = [v for _, v in view.readings]
-                low, high = min(values), max(values)
-                for rule in rules:
-                    pairs[(rule.id, source)] = view
-                    # a deviation rule's statistics move with every reading
-                    if rule.kind == "deviation" or rule.breached(
-                        high if rule.direction == "above" else low
-                    ):
-                        breaching.add((rule.id, source))
-            if pairs:
-                self._thresholds(cur, index, pairs, breaching, counts)
-            self._silence_recovered(cur, index, sectors, {s for s, _ in series}, counts)
+            work = self._work(cur, index, batch)
+            if work:
+                self._groups(cur, work, counts)
+            sources = set(batch.source_sectors)
+            self._silence_recovered(cur, index, batch.source_sectors, sources, counts)
             self._events(cur, index, batch.events, counts)
-        return Outcome(len(pairs), *counts)
+        return Outcome(
+            len(work),
+            counts.opened,
+            counts.updated,
+            counts.resolved,
+            counts.reevaluated,
+            counts.retracted,
+        )
 
-    # -- thresholds ------------------------------------------------------------------------
+    def _work(self, cur: lifecycle.Cursor, index: RuleIndex, batch: EngineBatch) -> list[_Work]:
+        """The groups this batch's new readings reach, with those readings split into fresh
+        (newer than anything stored for the series) and late ones within the horizon."""
+        keys = {sid: (source, metric) for sid, source, metric, _, _ in batch.readings}
+        new = batch.new_readings
+        if new is None:  # a writer that does not tell: every reading is new and in order
+            new = [(sid, ts, value) for sid, _, _, ts, value in batch.readings]
+        by_series: dict[int, list[Reading]] = {}
+        for sid, ts, value in new:
+            by_series.setdefault(sid, []).append((ts, value))
+        sectors = batch.source_sectors
+        districts = self._districts(cur, index, {source for source, _ in keys.values()})
+        out: list[_Work] = []
+        for sid, readings in by_series.items():
+            source, metric = keys[sid]
+            sector = sectors.get(source)
+            if sector is None:
+                continue
+            groups = index.groups(sector, metric, source, districts.get(source))
+            if not groups:
+                continue
+            readings.sort()
+            newest = batch.newest_before.get(sid)
+            fresh, late = readings, []
+            if newest is not None and readings[0][0] <= newest:
+                fresh = [r for r in readings if r[0] > newest]
+                late = [r for r in readings if r[0] <= newest]
+                horizon = newest - timedelta(seconds=self.lateness_s)
+                kept = [r for r in late if r[0] >= horizon]
+                self.beyond_horizon += len(late) - len(kept)
+                late = kept
+            for group in groups:
+                out.append(_Work(group, source, metric, sid, fresh, late))
+        return out
 
-    def _thresholds(
-        self,
-        cur: lifecycle.Cursor,
-        index: RuleIndex,
-        pairs: dict[tuple[int, str], _Series],
-        breaching: set[tuple[int, str]],
-        counts: list[int],
-    ) -> None:
-        """Evaluate the pairs that can change: those breached in this batch and those whose
-        state is pending or firing. A quiet pair in normal state stays normal: no I/O."""
-        keys = sorted(pairs)
-        cur.execute(_LOCK_ACTIVE, ([k[0] for k in keys], [k[1] for k in keys]))
-        rows = {(r[0], r[1]): r for r in cur.fetchall()}
-        need = sorted(breaching - rows.keys())
-        if need:
-            rule_ids, sources = [k[0] for k in need], [k[1] for k in need]
+    # -- threshold and deviation groups ----------------------------------------------------
+
+    def _groups(self, cur: lifecycle.Cursor, work: list[_Work], counts: _Counts) -> None:
+        """Judge the groups that can change: those with a breaching or late reading and those
+        not in normal state. A quiet group in normal state stays normal: one locking read."""
+        pairs = sorted({(r.id, w.source) for w in work for r in w.group.rules})
+        cur.execute(_LOCK_STATE, ([p[0] for p in pairs], [p[1] for p in pairs]))
+        rows: dict[tuple[int, str], tuple[Any, ...]] = {(r[0], r[1]): r for r in cur.fetchall()}
+        active = [w for w in work if self._may_change(w, rows)]
+        if not active:
+            return
+        missing = sorted({(r.id, w.source) for w in active for r in w.group.rules} - rows.keys())
+        if missing:
+            rule_ids, sources = [k[0] for k in missing], [k[1] for k in missing]
             cur.execute(_ENSURE_STATE, (rule_ids, sources))
             cur.execute(_LOCK_STATE, (rule_ids, sources))
             rows.update({(r[0], r[1]): r for r in cur.fetchall()})
-        seen = self._seen_before(cur, [pairs[k] for k, r in rows.items() if r[2] == "normal"])
         saved: list[tuple[int, str, State, int | None]] = []
         touched: tuple[list[int], list[float], list[datetime]] = ([], [], [])
-        for key in sorted(rows):
-            rule_id, source, phase, since, last_ts, last_value, alert_id = rows[key][:7]
-            rule = index.by_id[rule_id]
-            view = pairs[key]
-            mean, var, samples = rows[key][7:10]
-            before = State(phase, since, last_ts, last_value, mean, var, samples)
-            watermark = seen.get(view.sid) if phase == "normal" else None
-            start = before
-            if watermark is not None and (last_ts is None or watermark > last_ts):
-                start = replace(before, last_ts=watermark)
-            after, transitions = evaluate(rule, start, view.readings)
-            if after == before:
-                continue
-            for t in transitions:
-                alert_id = self._apply(cur, rule, source, t, alert_id, counts)
-            if after.phase == "firing" and alert_id is not None and not transitions:
-                assert after.last_ts is not None
-                assert after.last_value is not None
-                touched[0].append(alert_id)
-                touched[1].append(after.last_value)
-                touched[2].append(after.last_ts)
-            saved.append((rule_id, source, after, alert_id))
+        for w in sorted(active, key=lambda w: (w.group.key, w.source)):
+            states = {r.id: _state(rows[(r.id, w.source)]) for r in w.group.rules}
+            alert_id = next(
+                (rows[(r.id, w.source)][6] for r in w.group.rules if rows[(r.id, w.source)][6]),
+                None,
+            )
+            result = None
+            if w.late and w.group.kind == "threshold":
+                result = self._reevaluate(cur, w, counts)
+            if result is not None:
+                new_states, alert_id = result
+            else:
+                readings = w.fresh if w.group.kind == "threshold" else w.fresh + w.late
+                outcome = run_group(w.group, states, readings)
+                for change in outcome.changes:
+                    alert_id = self._apply(cur, w, change, alert_id, counts)
+                new_states = outcome.states
+                if outcome.last_firing is not None and alert_id is not None:
+                    touched[0].append(alert_id)
+                    touched[1].append(outcome.last_firing[1])
+                    touched[2].append(outcome.last_firing[0])
+            firing = any(s.phase == "firing" for s in new_states.values())
+            manual = any(r.manual_resolve for r in w.group.rules)
+            keep = alert_id if firing or manual else None
+            for rule in w.group.rules:
+                after = new_states[rule.id]
+                if after != states[rule.id] or rows[(rule.id, w.source)][6] != keep:
+                    saved.append((rule.id, w.source, after, keep))
         if saved:
             cur.execute(
                 _SAVE_STATE,
@@ -298,76 +374,291 @@ class AlertEngine:
         lifecycle.touch(cur, *touched)
 
     @staticmethod
-    def _seen_before(cur: lifecycle.Cursor, views: list[_Series]) -> dict[int, datetime]:
-        """Per series, the newest reading stored before this batch and not older than it.
+    def _may_change(w: _Work, rows: Mapping[tuple[int, str], tuple[Any, ...]]) -> bool:
+        if w.late and w.group.kind == "threshold":
+            return True
+        for rule in w.group.rules:
+            row = rows.get((rule.id, w.source))
+            if row is not None and (row[2] != "normal" or row[6] is not None):
+                return True
+        if w.group.kind == "deviation":
+            return True  # its statistics move with every reading
+        return any(rule.breached(v) for rule in w.group.rules for _, v in w.fresh)
 
-        A pair in normal state keeps no reading clock of its own (quiet batches write
-        nothing), so this is what tells a late breaching reading from a new one.
-        """
-        if not views:
-            return {}
-        unique = {v.sid: v for v in views}
-        sids = sorted(unique)
-        cur.execute(_STORED_SINCE, (sids, [min(unique[s].readings)[0] for s in sids]))
-        mine = {sid: {ts for ts, _ in unique[sid].readings} for sid in sids}
-        out: dict[int, datetime] = {}
-        for sid, ts in cur.fetchall():
-            if ts in mine[sid]:
-                continue  # this batch's own row (or the same reading again)
-            if sid not in out or ts > out[sid]:
-                out[sid] = ts
-        return out
+    def _cause(self, cur: lifecycle.Cursor, w: _Work, rule: Rule, value: float) -> lifecycle.Cause:
+        """The alert cause of a group on a source at the severity of `rule`, titled."""
+        lead = w.group.lead
+        text = self._texts.get((lead.sector, w.metric), MetricText(w.metric, w.metric))
+        place = self._place(cur, w.source)
+        if w.group.kind == "threshold":
+            title, title_en = threshold_titles(rule, text, value, place)
+        else:
+            title, title_en = deviation_titles(text, value, place)
+        return lifecycle.Cause(
+            key=w.group.cause(w.source),
+            sector=lead.sector,
+            severity=rule.severity,
+            title=title,
+            title_en=title_en,
+            rule_id=rule.id,
+            rule_kind=w.group.kind,
+            source_id=w.source,
+            metric=w.metric,
+        )
 
     def _apply(
         self,
         cur: lifecycle.Cursor,
-        rule: Rule,
-        source: str,
-        t: Transition,
+        w: _Work,
+        change: Change,
         alert_id: int | None,
-        counts: list[int],
+        counts: _Counts,
     ) -> int | None:
-        detail = {
-            "rule": rule.name,
-            "operator": rule.operator,
-            "threshold": rule.value,
-            "clear_at": rule.clear_at,
-            "for_s": rule.for_s,
-            "since": t.since.isoformat(),
-        }
-        if t.kind == "fire":
-            cause = lifecycle.Cause(
-                key=lifecycle.cause_key(rule.id, source),
-                sector=rule.sector,
-                severity=rule.severity,
-                title=(
-                    f"{rule.metric} {t.value:g} {rule.operator} {rule.value:g} at {source}"
-                    if rule.kind == "threshold"
-                    else f"{rule.metric} {t.value:g} far from its recent mean at {source}"
-                ),
-                rule_id=rule.id,
-                rule_kind=rule.kind,
-                source_id=source,
-                metric=rule.metric,
+        """Carry one change of a group's severity over to its alert."""
+        detail: dict[str, Any] = {"since": change.since.isoformat()}
+        if change.rule is not None:
+            rule = change.rule
+            detail |= {
+                "rule": rule.name,
+                "operator": rule.operator,
+                "threshold": rule.value,
+                "clear_at": rule.clear_at,
+                "for_s": rule.for_s,
+            }
+            cause = self._cause(cur, w, rule, change.value)
+            if change.kind == "fire" or alert_id is None:
+                new_id, what = lifecycle.fire(
+                    cur,
+                    cause,
+                    value=change.value,
+                    at=change.ts,
+                    started=change.since,
+                    detail=detail,
+                    reopen_window_s=self.reopen_window_s,
+                    serialized=True,  # the group's alert_state rows are locked
+                )
+                counts.count(what)
+                return new_id
+            what_changed = lifecycle.change_severity(
+                cur, alert_id, cause, value=change.value, at=change.ts, detail=detail
             )
-            new_id, what = lifecycle.fire(
-                cur,
-                cause,
-                value=t.value,
-                at=t.ts,
-                detail=detail,
-                reopen_window_s=self.reopen_window_s,
-                serialized=True,  # the alert_state row of (rule, source) is locked
-            )
-            counts[0 if what == "opened" else 1] += 1
-            return new_id
-        if alert_id is not None and not rule.manual_resolve:
-            detail["value"] = t.value
-            detail["at"] = t.ts.isoformat()
-            if lifecycle.close(cur, alert_id, actor=ENGINE_ACTOR, detail=detail) is not None:
-                counts[2] += 1
+            if what_changed is not None:
+                counts.count(what_changed)
+            return alert_id
+        if alert_id is None or any(r.manual_resolve for r in w.group.rules):
+            return alert_id
+        detail |= {"value": change.value, "at": change.ts.isoformat()}
+        if lifecycle.close(
+            cur,
+            alert_id,
+            actor=ENGINE_ACTOR,
+            detail=detail,
+            ended=change.ts,
+            last=change.last,
+            reset_state=False,
+        ):
+            counts.resolved += 1
+        return None
+
+    # -- late readings ---------------------------------------------------------------------
+
+    def _reevaluate(
+        self, cur: lifecycle.Cursor, w: _Work, counts: _Counts
+    ) -> tuple[dict[int, State], int | None] | None:
+        """Judge a group's stored readings again from the last reading before the late ones
+        that cleared its condition (following alerts back through the reopen window), and
+        reconcile the cause's alerts of that stretch. The group's new states and active alert;
+        None when no reading within the horizon before the late ones cleared the condition."""
+        group = w.group
+        cause = group.cause(w.source)
+        anchor_sql = _ANCHOR.format(reset=group.reset_sql())
+        horizon = timedelta(seconds=self.lateness_s)
+        reopen = timedelta(seconds=self.reopen_window_s)
+        lo = w.late[0][0]
+        base: datetime | None = None
+        for _ in range(MAX_CHAIN):
+            params = {"sid": w.sid, "floor": lo - horizon, "lo": lo}
+            cur.execute(anchor_sql, params)
+            row = cur.fetchone()
+            assert row is not None
+            anchor, any_before = row
+            if anchor is None and any_before:
+                self.unanchored += len(w.late)
+                return None
+            base = anchor if anchor is not None else lo - horizon
+            cur.execute(_CHAINED, (cause, base, base - reopen))
+            earlier = (cur.fetchone() or (None,))[0]
+            if earlier is None:
+                break
+            lo = earlier
+        else:
+            self.unanchored += len(w.late)
             return None
-        return alert_id if rule.manual_resolve else None
+        assert base is not None
+        counts.reevaluated += 1
+        cur.execute(_WINDOW, (w.sid, base))
+        readings: list[Reading] = [(ts, value) for ts, value in cur.fetchall()]
+        outcome = run_group(group, {}, readings)
+        spans = self._spans(cur, w, outcome.changes, outcome.last_firing)
+        cur.execute(_ALERTS_AFTER, (cause, base))
+        existing = cur.fetchall()
+        return outcome.states, self._reconcile(cur, w, existing, spans, counts)
+
+    def _spans(
+        self,
+        cur: lifecycle.Cursor,
+        w: _Work,
+        changes: list[Change],
+        last_firing: Reading | None,
+    ) -> list[lifecycle.Span]:
+        """The alerts a run's changes make: one per episode, or per run of episodes each
+        beginning within the reopen window of the previous one's end."""
+        spans: list[dict[str, Any]] = []
+        for change in changes:
+            if change.kind == "clear":
+                spans[-1]["ended"] = change.ts
+                spans[-1]["last"] = change.last
+                continue
+            assert change.rule is not None
+            cause = self._cause(cur, w, change.rule, change.value)
+            now = {
+                "severity": cause.severity,
+                "rule_id": change.rule.id,
+                "title": cause.title,
+                "title_en": cause.title_en,
+                "last": (change.ts, change.value),
+            }
+            if change.kind != "fire":
+                span = spans[-1]
+                span.update(now)
+                span["peak"] = max(span["peak"], cause.severity, key=lifecycle.rank)
+                continue
+            previous = spans[-1] if spans else None
+            if (
+                previous is not None
+                and self.reopen_window_s > 0
+                and previous["ended"] is not None
+                and (change.since - previous["ended"]).total_seconds() <= self.reopen_window_s
+            ):
+                previous.update(now)
+                previous["ended"] = None
+                previous["occurrences"] += 1
+                previous["peak"] = max(previous["peak"], cause.severity, key=lifecycle.rank)
+                continue
+            spans.append(
+                now
+                | {
+                    "peak": cause.severity,
+                    "started": change.since,
+                    "fired": change.ts,
+                    "ended": None,
+                    "occurrences": 1,
+                }
+            )
+        if spans and spans[-1]["ended"] is None and last_firing is not None:
+            spans[-1]["last"] = last_firing
+        return [lifecycle.Span(**span) for span in spans]
+
+    def _reconcile(
+        self,
+        cur: lifecycle.Cursor,
+        w: _Work,
+        existing: Sequence[tuple[Any, ...]],
+        spans: list[lifecycle.Span],
+        counts: _Counts,
+    ) -> int | None:
+        """Make the cause's alerts after the anchor match the spans: an alert that still has
+        its span is revised (resolved, reopened, raised or lowered as it now stands), a span
+        without an alert opens one (resolved at once when it has ended), an alert without a
+        span is retracted. An alert a person or the sweeper resolved is left as it is. The id
+        of the active alert, if any."""
+        matches: list[tuple[lifecycle.Span, tuple[Any, ...] | None]] = []
+        free = list(existing)
+        for span in spans:
+            end = span.ended or datetime.max.replace(tzinfo=span.started.tzinfo)
+            found = next(
+                (a for a in free if a[3] <= end and (a[4] is None or a[4] >= span.started)),
+                None,
+            )
+            if found is not None:
+                free.remove(found)
+            matches.append((span, found))
+        detail = {"reason": "late readings"}
+        for alert_id, status, resolved_by, _, _ in free:
+            if status == "resolved" and resolved_by != ENGINE_ACTOR:
+                continue
+            if lifecycle.retract(cur, alert_id, actor=ENGINE_ACTOR, detail=detail):
+                counts.retracted += 1
+        active: int | None = None
+        for span, alert in matches:
+            if alert is None:
+                active = self._open_span(cur, w, span, counts) or active
+                continue
+            alert_id, status, resolved_by = alert[0], alert[1], alert[2]
+            if status == "resolved" and resolved_by != ENGINE_ACTOR:
+                continue
+            old = lifecycle.revise(cur, alert_id, span)
+            if old is None:
+                continue
+            old_status, old_severity, moved = old
+            if span.ended is not None:
+                if old_status != "resolved":
+                    lifecycle.close(
+                        cur,
+                        alert_id,
+                        actor=ENGINE_ACTOR,
+                        detail=detail,
+                        ended=span.ended,
+                        last=span.last,
+                        reset_state=False,
+                    )
+                    counts.resolved += 1
+                elif moved or old_severity != span.severity:
+                    lifecycle.record(cur, alert_id, "updated", detail=detail)
+                    counts.updated += 1
+                continue
+            active = alert_id
+            if old_status == "resolved":
+                if lifecycle.reactivate(cur, alert_id, detail=detail):
+                    counts.opened += 1
+            elif old_severity != span.severity:
+                kind: lifecycle.EventKind = (
+                    "raised"
+                    if lifecycle.rank(span.severity) > lifecycle.rank(old_severity)
+                    else "lowered"
+                )
+                lifecycle.record(cur, alert_id, kind, detail=detail)
+                counts.count(kind)
+            elif moved:
+                lifecycle.record(cur, alert_id, "updated", detail=detail)
+                counts.updated += 1
+        return active
+
+    def _open_span(
+        self, cur: lifecycle.Cursor, w: _Work, span: lifecycle.Span, counts: _Counts
+    ) -> int | None:
+        """Record a span no alert covered: an alert opened, and resolved when it has ended."""
+        rule = next(r for r in w.group.rules if r.id == span.rule_id)
+        cause = self._cause(cur, w, rule, span.last[1])
+        cause = replace(cause, title=span.title, title_en=span.title_en)
+        alert_id = lifecycle.insert_span(cur, cause, span, actor=ENGINE_ACTOR)
+        counts.opened += 1
+        if span.ended is not None:
+            counts.resolved += 1
+            return None
+        return alert_id
+
+    def _place(self, cur: lifecycle.Cursor, source: str) -> str:
+        """How titles name a source: its name, else its id."""
+        name = self._names.get(source)
+        if name is None:
+            cur.execute("SELECT coalesce(name, id) FROM source WHERE id = %s", (source,))
+            row = cur.fetchone()
+            name = str(row[0]) if row else source
+            if len(self._names) > 100_000:
+                self._names.clear()
+            self._names[source] = name
+        return name
 
     # -- silence and events ----------------------------------------------------------------
 
@@ -377,7 +668,7 @@ class AlertEngine:
         index: RuleIndex,
         sectors: Mapping[str, str],
         sources: set[str],
-        counts: list[int],
+        counts: _Counts,
     ) -> None:
         rule_ids = sorted(
             {r.id for s in {sectors.get(x) for x in sources} if s for r in index.silence(s)}
@@ -394,11 +685,11 @@ class AlertEngine:
                 actor=ENGINE_ACTOR,
                 detail={"reason": "readings returned", "source": source},
             ):
-                counts[2] += 1
+                counts.resolved += 1
 
     @staticmethod
     def _events(
-        cur: lifecycle.Cursor, index: RuleIndex, events: Iterable[Any], counts: list[int]
+        cur: lifecycle.Cursor, index: RuleIndex, events: Iterable[Any], counts: _Counts
     ) -> None:
         for item in events:
             event = item.event
@@ -427,7 +718,7 @@ class AlertEngine:
                     at=event.occurred_at or item.received_at,
                     detail={"rule": rule.name, "event_kind": event.kind},
                 )
-                counts[0] += 1
+                counts.opened += 1
 
     def _districts(
         self, cur: lifecycle.Cursor, index: RuleIndex, sources: set[str]
@@ -445,3 +736,25 @@ class AlertEngine:
             cur.execute("SELECT id, district FROM source WHERE id = ANY(%s)", (missing,))
             self._district_of.update({str(i): d for i, d in cur.fetchall()})
         return self._district_of
+
+
+@dataclass(slots=True)
+class _Counts:
+    opened: int = 0
+    updated: int = 0
+    resolved: int = 0
+    reevaluated: int = 0
+    retracted: int = 0
+
+    def count(self, kind: str) -> None:
+        if kind in ("opened", "reopened", "raised"):
+            self.opened += 1
+        elif kind == "resolved":
+            self.resolved += 1
+        else:
+            self.updated += 1
+
+
+def _state(row: Sequence[Any]) -> State:
+    """A rule's state from its `alert_state` row (`_STATE_COLUMNS`)."""
+    return State(row[2], row[3], row[4], row[5], row[7], row[8], row[9])

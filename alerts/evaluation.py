@@ -1,30 +1,34 @@
-"""Threshold evaluation: a pure function of (rule, state, readings) to (new state, transitions).
+"""Threshold evaluation: pure functions of (rules, state, readings) to (new state, changes).
 
 Time is the readings' own time, so a duration holds the same whether the readings arrive live,
-in a gateway's burst or replayed after an outage. Within one call the readings are taken in
-time order (exact duplicates once); a reading not newer than the last one evaluated for that
-rule and source is stored by ingest but not evaluated again, so a redelivered message, or a late
-one, changes nothing.
+in a gateway's burst or replayed after an outage. A group's rules (warning and critical on one
+metric of one source) each run their own timer; the group's severity at a reading is that of
+its most severe firing rule, and the changes of that severity are what the alert follows:
+`fire` (none to some), `raise`, `lower`, `clear` (some to none).
+
+The engine hands over readings in time order; a reading older than ones already judged is
+handled by judging the stored readings around it again from a normal state (`alerts.engine`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from alerts.rules import Rule
+from alerts.rules import SEVERITY_RANK, Group, Rule
 
 Phase = Literal["normal", "pending", "firing"]
-TransitionKind = Literal["fire", "clear"]
+ChangeKind = Literal["fire", "raise", "lower", "clear"]
+Reading = tuple[datetime, float]
 
 
 @dataclass(frozen=True, slots=True)
 class State:
     """Where a (rule, source) pair stands: normal, pending (breached, waiting out `for_s`),
-    or firing (an alert is due or active)."""
+    or firing (its condition held long enough)."""
 
     phase: Phase = "normal"
     pending_since: datetime | None = None
@@ -37,85 +41,122 @@ class State:
     samples: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """The condition started to hold long enough (`fire`) or ended (`clear`) at a reading."""
+NORMAL = State()
 
-    kind: TransitionKind
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The group's severity changed at a reading."""
+
+    kind: ChangeKind
     ts: datetime
     value: float
-    since: datetime  # fire: when the breach began; clear: the reading time itself
+    since: datetime  # when the condition began (its first breaching reading)
+    rule: Rule | None  # the most severe firing rule after the change (None: cleared)
+    last: Reading | None = None  # clear: the last reading while it held
+
+    @property
+    def severity(self) -> str | None:
+        return None if self.rule is None else self.rule.severity
 
 
-def evaluate_threshold(
-    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]]
-) -> tuple[State, list[Transition]]:
-    """Run a threshold rule over one source's readings of its metric."""
-    return _run(rule, state, readings, deviation=False)
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a run over a group's readings gave."""
+
+    states: dict[int, State]
+    changes: list[Change]
+    last_firing: Reading | None  # the newest reading at which the group was firing
 
 
-def evaluate_deviation(
-    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]]
-) -> tuple[State, list[Transition]]:
-    """Run a deviation rule: breached when a reading lies more than `k` standard deviations
-    from the trailing mean (once `min_samples` readings are known), cleared below `clear_k`.
-    Every reading, anomalous or not, then joins the trailing statistics."""
-    return _run(rule, state, readings, deviation=True)
-
-
-def evaluate(
-    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]]
-) -> tuple[State, list[Transition]]:
-    """Evaluate a threshold or deviation rule."""
-    return _run(rule, state, readings, deviation=rule.kind == "deviation")
-
-
-def _run(
-    rule: Rule, state: State, readings: Iterable[tuple[datetime, float]], *, deviation: bool
-) -> tuple[State, list[Transition]]:
-    transitions: list[Transition] = []
-    phase, since, last_ts, last_value = (
-        state.phase,
-        state.pending_since,
-        state.last_ts,
-        state.last_value,
-    )
-    mean, var, samples = state.mean, state.var, state.samples
-    k, clear_k, window, min_samples = rule.deviation_params()
+def run_group(group: Group, states: Mapping[int, State], readings: Iterable[Reading]) -> Outcome:
+    """Run a group's rules over one source's readings of its metric, in time order (exact
+    duplicates once). A deviation group skips readings not newer than the last it judged."""
+    rules = group.rules
+    n = len(rules)
+    deviation = group.kind == "deviation"
+    olds = [states.get(rule.id, NORMAL) for rule in rules]
+    phase = [s.phase for s in olds]
+    since = [s.pending_since for s in olds]
+    last_ts = [s.last_ts for s in olds]
+    last_value = [s.last_value for s in olds]
+    stats = [(s.mean, s.var, s.samples) for s in olds]
+    firing = _top(rules, phase)
+    changes: list[Change] = []
+    last_firing: Reading | None = None
+    held_since: datetime | None = None
+    if firing is not None:
+        held_since = min(t for t in since if t is not None)
     for ts, value in sorted(set(readings)):
-        if last_ts is not None and ts <= last_ts:
+        if deviation and last_ts[0] is not None and ts <= last_ts[0]:
             continue
-        last_ts, last_value = ts, value
-        if deviation:
-            z = _z(value, mean, var, samples, min_samples)
-            breached, cleared = z is not None and z > k, z is None or z < clear_k
-            mean, var, samples = _ewm(value, mean, var, samples, window)
+        for i in range(n):
+            rule = rules[i]
+            last_ts[i], last_value[i] = ts, value
+            if deviation:
+                mean, var, samples = stats[i]
+                k, clear_k, window, min_samples = rule.deviation_params()
+                z = _z(value, mean, var, samples, min_samples)
+                breached, cleared = z is not None and z > k, z is None or z < clear_k
+                stats[i] = _ewm(value, mean, var, samples, window)
+            else:
+                breached, cleared = rule.breached(value), rule.cleared(value)
+            if phase[i] == "firing":
+                if cleared:
+                    phase[i], since[i] = "normal", None
+                continue
+            if not breached:
+                phase[i], since[i] = "normal", None
+                continue
+            if phase[i] == "normal":
+                phase[i], since[i] = "pending", ts
+            started = since[i]
+            assert started is not None  # pending always has its start
+            if (ts - started).total_seconds() >= rule.for_s:
+                phase[i] = "firing"
+        top = _top(rules, phase)
+        if top is not firing:
+            if firing is None:
+                held_since = min(t for t in since if t is not None)
+                changes.append(Change("fire", ts, value, held_since, top))
+            elif top is None:
+                assert held_since is not None
+                changes.append(Change("clear", ts, value, held_since, None, last_firing))
+            else:
+                assert held_since is not None
+                kind: ChangeKind = (
+                    "raise"
+                    if SEVERITY_RANK[top.severity] > SEVERITY_RANK[firing.severity]
+                    else "lower"
+                )
+                if SEVERITY_RANK[top.severity] != SEVERITY_RANK[firing.severity]:
+                    changes.append(Change(kind, ts, value, held_since, top))
+            firing = top
+        if firing is not None:
+            last_firing = (ts, value)
         else:
-            breached, cleared = rule.breached(value), rule.cleared(value)
-        if phase == "firing":
-            if cleared:
-                phase, since = "normal", None
-                transitions.append(Transition("clear", ts, value, ts))
-            continue
-        if not breached:
-            phase, since = "normal", None
-            continue
-        if phase == "normal":
-            phase, since = "pending", ts
-        assert since is not None  # pending always has its start
-        if (ts - since).total_seconds() >= rule.for_s:
-            phase = "firing"
-            transitions.append(Transition("fire", ts, value, since))
-    new = State(
-        phase=phase,
-        pending_since=since if phase != "normal" else None,
-        last_ts=last_ts,
-        last_value=last_value,
-        mean=mean,
-        var=var,
-        samples=samples,
-    )
-    return new, transitions
+            held_since = None
+    new = {
+        rule.id: State(
+            phase=phase[i],
+            pending_since=since[i] if phase[i] != "normal" else None,
+            last_ts=last_ts[i],
+            last_value=last_value[i],
+            mean=stats[i][0],
+            var=stats[i][1],
+            samples=stats[i][2],
+        )
+        for i, rule in enumerate(rules)
+    }
+    return Outcome(new, changes, last_firing)
+
+
+def _top(rules: tuple[Rule, ...], phase: list[Phase]) -> Rule | None:
+    """The most severe firing rule (rules are ordered by severity: the last one firing)."""
+    for i in range(len(rules) - 1, -1, -1):
+        if phase[i] == "firing":
+            return rules[i]
+    return None
 
 
 def _z(
@@ -131,7 +172,7 @@ def _z(
 
 def _ewm(
     value: float, mean: float | None, var: float | None, samples: int, window: int
-) -> tuple[float, float, int]:
+) -> tuple[float | None, float | None, int]:
     """Add a reading to exponentially weighted statistics spanning about `window` readings
     (a plain running mean and variance while fewer than that are known)."""
     if mean is None or var is None:

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import orjson
@@ -45,7 +46,8 @@ _PENDING: Final = """
 SELECT e.id, e.kind, e.severity, e.status, e.actor, e.detail, e.at,
        a.id, a.cause_key, a.sector_id, a.source_id, a.metric, a.rule_id, a.rule_kind,
        a.event_id, a.title, a.last_value, a.occurrences, a.escalation_level, a.opened_at,
-       a.acknowledged_by, a.resolved_by
+       a.acknowledged_by, a.resolved_by, a.title_en, a.peak_severity, a.condition_started_at,
+       a.condition_fired_at, a.condition_ended_at, a.retracted
 FROM alert_event e JOIN alert a ON a.id = e.alert_id
 WHERE e.id > %s ORDER BY e.id LIMIT %s
 """
@@ -61,10 +63,19 @@ class Outcome:
     error: str | None = None
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
 def event_document(row: Sequence[Any]) -> dict[str, Any]:
-    """The JSON document of one alert event, as every channel sends it."""
+    """The JSON document of one alert event, as every channel sends it.
+
+    `severity` and `status` are the alert's at this event; `title` is Vietnamese, `title_en`
+    English; the `condition_*` times are reading times (started, lasted long enough, ended).
+    """
     (eid, kind, severity, status, actor, detail, at, aid, cause, sector, source, metric) = row[:12]
     (rule_id, rule_kind, event_id, title, value, occurrences, level, opened_at) = row[12:20]
+    (title_en, peak, started, fired, ended, retracted) = row[22:28]
     return {
         "id": eid,
         "kind": kind,
@@ -89,6 +100,12 @@ def event_document(row: Sequence[Any]) -> dict[str, Any]:
             "opened_at": opened_at.isoformat(),
             "acknowledged_by": row[20],
             "resolved_by": row[21],
+            "title_en": title_en,
+            "peak_severity": peak,
+            "condition_started_at": _iso(started),
+            "condition_fired_at": _iso(fired),
+            "condition_ended_at": _iso(ended),
+            "retracted": retracted,
         },
     }
 

@@ -104,6 +104,72 @@ class Rule:
         return SEVERITY_RANK[severity] >= SEVERITY_RANK[self.severity]
 
 
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The rules that judge one condition of a source: threshold rules on one metric, in one
+    direction and scope, whatever their severities (warning and critical on one sensor are one
+    alert whose severity rises and falls); a deviation rule is a group of its own."""
+
+    key: str
+    rules: tuple[Rule, ...]  # by severity, then id
+
+    @property
+    def kind(self) -> RuleKind:
+        return self.rules[0].kind
+
+    @property
+    def lead(self) -> Rule:
+        """The least severe rule: the group's sector, metric, scope and direction."""
+        return self.rules[0]
+
+    def cause(self, source_id: str) -> str:
+        """The alert cause of this condition on one source."""
+        return f"{self.key}:source:{source_id}"
+
+    def clears_all(self, value: float) -> bool:
+        """Whether a value ends every rule's condition: after it the group is normal whatever
+        came before (a reading of this kind anchors a re-evaluation)."""
+        return all(rule.cleared(value) for rule in self.rules)
+
+    def reset_sql(self) -> str:
+        """`clears_all` as an SQL condition on a column `value` (the limits as literals)."""
+        parts: list[str] = []
+        for rule in self.rules:
+            if rule.value is None:
+                continue
+            if rule.clear_at is not None:
+                op, limit = ("<" if rule.direction == "above" else ">"), rule.clear_at
+            elif rule.direction == "above":
+                op, limit = ("<" if rule.inclusive else "<="), rule.value
+            else:
+                op, limit = (">" if rule.inclusive else ">="), rule.value
+            parts.append(f"value {op} {float(limit)!r}::float8")
+        return " AND ".join(parts) or "true"
+
+
+def group_key(rule: Rule) -> str:
+    """The group a rule belongs to (see `Group`)."""
+    if rule.kind != "threshold":
+        return f"rule:{rule.id}"
+    if rule.source_id is not None:
+        scope = f"source={rule.source_id}"
+    elif rule.district is not None:
+        scope = f"district={rule.district}"
+    else:
+        scope = "sector"
+    return f"threshold:{rule.sector}:{rule.metric}:{rule.direction}:{scope}"
+
+
+def _groups(rules: Iterable[Rule]) -> tuple[Group, ...]:
+    by_key: dict[str, list[Rule]] = {}
+    for rule in rules:
+        by_key.setdefault(group_key(rule), []).append(rule)
+    return tuple(
+        Group(key, tuple(sorted(members, key=lambda r: (SEVERITY_RANK[r.severity], r.id))))
+        for key, members in by_key.items()
+    )
+
+
 @dataclass
 class _Scoped:
     """Threshold rules of one (sector, metric), by scope."""
@@ -111,6 +177,10 @@ class _Scoped:
     sector_wide: list[Rule] = field(default_factory=list)
     by_district: dict[str, list[Rule]] = field(default_factory=dict)
     by_source: dict[str, list[Rule]] = field(default_factory=dict)
+    # the same, grouped
+    groups_wide: tuple[Group, ...] = ()
+    groups_by_district: dict[str, tuple[Group, ...]] = field(default_factory=dict)
+    groups_by_source: dict[str, tuple[Group, ...]] = field(default_factory=dict)
 
     def add(self, rule: Rule) -> None:
         if rule.source_id is not None:
@@ -119,6 +189,11 @@ class _Scoped:
             self.by_district.setdefault(rule.district, []).append(rule)
         else:
             self.sector_wide.append(rule)
+
+    def seal(self) -> None:
+        self.groups_wide = _groups(self.sector_wide)
+        self.groups_by_district = {k: _groups(v) for k, v in self.by_district.items()}
+        self.groups_by_source = {k: _groups(v) for k, v in self.by_source.items()}
 
 
 class RuleIndex:
@@ -138,6 +213,8 @@ class RuleIndex:
                 self._silence.setdefault(rule.sector, []).append(rule)
             elif rule.kind == "event":
                 self._events.setdefault(rule.sector, []).append(rule)
+        for scoped in self._thresholds.values():
+            scoped.seal()
         self.uses_districts = any(r.district is not None for r in self.rules)
 
     def __len__(self) -> int:
@@ -155,6 +232,20 @@ class RuleIndex:
             out = out + scoped.by_district.get(district, [])
         if scoped.by_source:
             out = out + scoped.by_source.get(source_id, [])
+        return out
+
+    def groups(
+        self, sector: str, metric: str, source_id: str, district: str | None = None
+    ) -> tuple[Group, ...]:
+        """The rule groups on one metric of a sector that cover a source."""
+        scoped = self._thresholds.get((sector, metric))
+        if scoped is None:
+            return ()
+        out = scoped.groups_wide
+        if scoped.groups_by_district and district is not None:
+            out = out + scoped.groups_by_district.get(district, ())
+        if scoped.groups_by_source:
+            out = out + scoped.groups_by_source.get(source_id, ())
         return out
 
     def watches(self, sector: str, metric: str) -> bool:

@@ -1,6 +1,10 @@
 """The periodic sweeper: silence detection, escalation of unacknowledged critical alerts, and
 auto-resolution of alerts nothing has confirmed for a long time.
 
+Escalation and auto-resolution are operator timers: they run on wall time (the `now` of the
+sweep) from the alert's latest transition (`transitioned_at`) and latest confirmation
+(`confirmed_at`), never on the time readings carry, which may be hours old.
+
 Each sweep is one transaction that first takes a transaction-scoped advisory lock; a second
 sweeper running at the same time finds it taken and skips that round, so several sweepers are
 safe. Silence takes the source row lock before the rule state lock, the order ingest uses.
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -152,39 +156,53 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
 
 
 def _escalate(cur: lifecycle.Cursor, config: SweepConfig, now: datetime) -> int:
+    """One level for each open critical alert nobody acted on for `escalate_after_s` of wall
+    time since its latest transition (opened, reopened, raised, escalated): never more than
+    one level a sweep, and a reopened alert starts counting again."""
     if config.escalate_max_level <= 0:
         return 0
+    # status = 'open' and transitioned_at: ix_alert_open_transitioned
     cur.execute(
-        "SELECT id, escalation_level, opened_at FROM alert "
-        "WHERE status = 'open' AND severity = 'critical' AND escalation_level < %s "
-        "AND opened_at <= %s::timestamptz - make_interval(secs => %s * (escalation_level + 1)) "
+        "SELECT id, escalation_level, transitioned_at FROM alert "
+        "WHERE status = 'open' AND transitioned_at <= %s "
+        "AND severity = 'critical' AND escalation_level < %s "
         "ORDER BY id FOR UPDATE SKIP LOCKED",
-        (config.escalate_max_level, now, config.escalate_after_s),
+        (now - timedelta(seconds=config.escalate_after_s), config.escalate_max_level),
     )
     done = 0
-    for alert_id, level, opened_at in cur.fetchall():
-        unattended_s = (now - opened_at).total_seconds()
+    for alert_id, level, transitioned_at in cur.fetchall():
+        unattended_s = (now - transitioned_at).total_seconds()
         if lifecycle.escalate(
             cur, alert_id, level + 1, detail={"unacknowledged_s": round(unattended_s)}
         ):
+            # the next level counts from this sweep's clock, the one compared with above
+            cur.execute("UPDATE alert SET transitioned_at = %s WHERE id = %s", (now, alert_id))
             done += 1
     return done
 
 
+_QUIET_ALERTS: Final = """
+SELECT a.id, greatest(a.confirmed_at, a.transitioned_at)
+FROM alert a LEFT JOIN alert_rule r ON r.id = a.rule_id
+WHERE ((a.status = 'open' AND a.transitioned_at <= %(cutoff)s)
+       OR (a.status = 'acknowledged' AND a.transitioned_at <= %(cutoff)s))
+  AND a.confirmed_at <= %(cutoff)s
+  AND coalesce(a.rule_kind, '') <> 'silence' AND NOT coalesce(r.manual_resolve, false)
+ORDER BY a.id
+FOR UPDATE OF a SKIP LOCKED
+"""
+
+
 def _auto_resolve(cur: lifecycle.Cursor, config: SweepConfig, now: datetime) -> int:
+    """Resolve active alerts that neither a reading nor a transition confirmed for
+    `auto_resolve_s` of wall time (silence alerts and manual-resolve rules excepted)."""
     if config.auto_resolve_s <= 0:
         return 0
-    cur.execute(
-        "SELECT a.id FROM alert a LEFT JOIN alert_rule r ON r.id = a.rule_id "
-        "WHERE a.status <> 'resolved' AND coalesce(a.rule_kind, '') <> 'silence' "
-        "AND NOT coalesce(r.manual_resolve, false) "
-        "AND coalesce(a.last_seen_at, a.opened_at) < %s::timestamptz - make_interval(secs => %s) "
-        "ORDER BY a.id FOR UPDATE OF a SKIP LOCKED",
-        (now, config.auto_resolve_s),
-    )
+    # greatest(confirmed_at, transitioned_at) <= cutoff, spelt so an index on either can serve
+    cur.execute(_QUIET_ALERTS, {"cutoff": now - timedelta(seconds=config.auto_resolve_s)})
     done = 0
-    for (alert_id,) in cur.fetchall():
-        detail = {"reason": "timeout", "quiet_s": config.auto_resolve_s}
+    for alert_id, quiet_since in cur.fetchall():
+        detail = {"reason": "timeout", "quiet_s": round((now - quiet_since).total_seconds())}
         if lifecycle.close(cur, alert_id, actor=SWEEPER_ACTOR, detail=detail):
             done += 1
     return done

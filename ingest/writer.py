@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -68,6 +68,16 @@ MOVE_STAGE: Final = (
     "SELECT ts, series_id, value FROM reading_stage ORDER BY series_id, ts "
     "ON CONFLICT DO NOTHING"
 )
+# the same, telling which rows were new and, per series, its newest reading before the batch
+# (the statement's other parts see the table as it was before its insert)
+MOVE_STAGE_TRACKED: Final = f"""
+WITH new AS ({MOVE_STAGE} RETURNING series_id, ts, value),
+before AS (
+    SELECT k.series_id, (SELECT max(r.ts) FROM reading r WHERE r.series_id = k.series_id) AS ts
+    FROM (SELECT DISTINCT series_id FROM reading_stage) k)
+SELECT new.series_id, new.ts, new.value, before.ts
+FROM new JOIN before ON before.series_id = new.series_id
+"""
 _INSERT_EVENT: Final = """
 INSERT INTO event (sector_id, source_id, kind, severity, title, description, district,
                    latitude, longitude, location, external_ref, dedup_key, occurred_at,
@@ -120,6 +130,11 @@ class Batch:
     """Items whose event was newly stored (their `event_id` is set)."""
     source_sectors: dict[str, str] = field(default_factory=dict)
     """The sector of every source in the batch, as registered (a reading is judged by it)."""
+    new_readings: list[tuple[int, datetime, float]] | None = None
+    """(series_id, ts, value) of the readings this batch stored for the first time (None
+    unless a hook asked for them with `wants_new_readings`)."""
+    newest_before: dict[int, datetime | None] = field(default_factory=dict)
+    """With `new_readings`: per series, its newest reading stored before this batch."""
 
 
 class _Wake(enum.Enum):
@@ -193,6 +208,7 @@ class Writer:
         self.backoff_start_s = backoff_start_s
         self.backoff_max_s = backoff_max_s
         self.hooks = list(hooks)
+        self.track_new = any(getattr(hook, "wants_new_readings", False) for hook in self.hooks)
         self.after_commit = list(after_commit)
         self._queue: deque[Item] = deque()
         self._rows = 0
@@ -656,8 +672,19 @@ class Writer:
             cp.set_types(["timestamptz", "int4", "float8"])
             for sid, _, _, ts, value in out:
                 cp.write_row((ts, sid, value))
-        cur.execute(MOVE_STAGE)
-        batch.stored = max(cur.rowcount, 0)
+        if not self.track_new:
+            cur.execute(MOVE_STAGE)
+            batch.stored = max(cur.rowcount, 0)
+            return
+        cur.execute(MOVE_STAGE_TRACKED)
+        new: list[tuple[int, datetime, float]] = []
+        newest = batch.newest_before
+        for row in cur.fetchall():
+            sid, ts, value, before = cast(tuple[int, datetime, float, datetime | None], row)
+            new.append((sid, ts, value))
+            newest[sid] = before
+        batch.new_readings = new
+        batch.stored = len(new)
 
     @staticmethod
     def _insert_events(
