@@ -69,12 +69,13 @@ FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::timestampt
 WHERE s.rule_id = u.rule_id AND s.source_id = u.source_id
 """
 # the newest reading before `lo` (not older than the horizon) after which the group is normal
-# whatever came before, and whether any reading lies in that range at all
+# whatever came before; whether readings lie in that range, and before it
 _ANCHOR: Final = """
 SELECT (SELECT max(ts) FROM reading WHERE series_id = %(sid)s AND ts >= %(floor)s
           AND ts < %(lo)s AND ({reset})),
        EXISTS (SELECT 1 FROM reading WHERE series_id = %(sid)s AND ts >= %(floor)s
-               AND ts < %(lo)s)
+               AND ts < %(lo)s),
+       EXISTS (SELECT 1 FROM reading WHERE series_id = %(sid)s AND ts < %(floor)s)
 """
 # the earliest start of the cause's alerts that may join a condition after `base`
 _CHAINED: Final = """
@@ -261,7 +262,8 @@ class AlertEngine:
             work = self._work(cur, index, batch)
             if work:
                 self._groups(cur, work, counts)
-            sources = set(batch.source_sectors)
+            # silence ends with readings only, never with a status ping or an event
+            sources = {source for _, source, _, _, _ in batch.readings}
             self._silence_recovered(cur, index, batch.source_sectors, sources, counts)
             self._events(cur, index, batch.events, counts)
         return Outcome(
@@ -481,8 +483,9 @@ class AlertEngine:
             cur.execute(anchor_sql, params)
             row = cur.fetchone()
             assert row is not None
-            anchor, any_before = row
-            if anchor is None and any_before:
+            anchor, inside, older = row
+            if anchor is None and inside and older:
+                # the condition may have begun before the horizon: it cannot be judged again
                 self.unanchored += len(w.late)
                 return None
             base = anchor if anchor is not None else lo - horizon

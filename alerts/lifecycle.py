@@ -402,11 +402,14 @@ def insert_span(cur: Cursor, cause: Cause, span: Span, *, actor: str) -> int:
     the condition has ended by now). An active span meeting the cause's active alert revises
     that alert instead. The alert id."""
     info = {"reason": "late readings", "since": span.started.isoformat()}
+    ended = span.ended is not None
     cur.execute(
         "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
         "severity, peak_severity, title, title_en, last_value, last_seen_at, "
-        "condition_started_at, condition_fired_at, occurrences, detail) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "condition_started_at, condition_fired_at, condition_ended_at, occurrences, detail, "
+        "status, resolved_at, resolved_by) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s, CASE WHEN %s THEN now() END, %s) "
         "ON CONFLICT (cause_key) WHERE status <> 'resolved' DO NOTHING RETURNING id",
         (
             cause.key,
@@ -423,35 +426,49 @@ def insert_span(cur: Cursor, cause: Cause, span: Span, *, actor: str) -> int:
             span.last[0],
             span.started,
             span.fired,
+            span.ended,
             span.occurrences,
             Jsonb(info),
+            "resolved" if ended else "open",
+            ended,
+            actor if ended else None,
         ),
     )
     row = cur.fetchone()
-    if row is None:
-        cur.execute(
-            "SELECT id FROM alert WHERE cause_key = %s AND status <> 'resolved' FOR UPDATE",
-            (cause.key,),
-        )
-        found = cur.fetchone()
-        assert found is not None  # the insert met it
-        alert_id = int(found[0])
-        revise(cur, alert_id, span)
-        record(cur, alert_id, "updated", detail=info)
-    else:
+    if row is not None:
         alert_id = int(row[0])
         record(cur, alert_id, "opened", detail=info)
-    if span.ended is not None:
-        close(cur, alert_id, actor=actor, detail=info, ended=span.ended, reset_state=False)
+        if ended:  # it began and ended before anyone could know: opened and resolved at once
+            record(cur, alert_id, "resolved", actor=actor, detail=info)
+        return alert_id
+    # an active span meeting the cause's active alert (one late readings did not reach)
+    cur.execute(
+        "SELECT id FROM alert WHERE cause_key = %s AND status <> 'resolved' FOR UPDATE",
+        (cause.key,),
+    )
+    found = cur.fetchone()
+    assert found is not None  # the insert met it
+    alert_id = int(found[0])
+    revise(cur, alert_id, span)
+    record(cur, alert_id, "updated", detail=info)
     return alert_id
 
 
-def escalate(cur: Cursor, alert_id: int, level: int, *, detail: dict[str, Any]) -> int | None:
-    """Raise an unacknowledged alert's escalation level; the event id, or None if it moved on."""
+def escalate(
+    cur: Cursor,
+    alert_id: int,
+    level: int,
+    *,
+    detail: dict[str, Any],
+    at: datetime | None = None,
+) -> int | None:
+    """Raise an unacknowledged alert's escalation level at wall time `at` (default: now), from
+    which the next level counts; the event id, or None if it moved on."""
     cur.execute(
-        "UPDATE alert SET escalation_level = %s, updated_at = now(), transitioned_at = now() "
+        "UPDATE alert SET escalation_level = %s, updated_at = now(), "
+        "transitioned_at = coalesce(%s, now()) "
         "WHERE id = %s AND status = 'open' AND escalation_level < %s RETURNING id",
-        (level, alert_id, level),
+        (level, at, alert_id, level),
     )
     if cur.fetchone() is None:
         return None

@@ -172,11 +172,9 @@ def _escalate(cur: lifecycle.Cursor, config: SweepConfig, now: datetime) -> int:
     done = 0
     for alert_id, level, transitioned_at in cur.fetchall():
         unattended_s = (now - transitioned_at).total_seconds()
-        if lifecycle.escalate(
-            cur, alert_id, level + 1, detail={"unacknowledged_s": round(unattended_s)}
-        ):
-            # the next level counts from this sweep's clock, the one compared with above
-            cur.execute("UPDATE alert SET transitioned_at = %s WHERE id = %s", (now, alert_id))
+        detail = {"unacknowledged_s": round(unattended_s)}
+        # the next level counts from this sweep's clock, the one compared with above
+        if lifecycle.escalate(cur, alert_id, level + 1, detail=detail, at=now):
             done += 1
     return done
 

@@ -157,3 +157,159 @@ def test_a_stored_alert_renders_from_the_database(db_url: str) -> None:
         "Độ mặn" in text(docs[0], "c:info/c:event")[0]
         or "salinity" in text(docs[0], "c:info/c:event")[0]
     )
+
+
+def test_severity_changes_update_and_a_retraction_cancels_the_first_message() -> None:
+    later = OPENED_AT + timedelta(minutes=5)
+    english = replace(SALINITY, title_en="Salinity 4.6 ‰ above critical 4 ‰ at tram-cai-lon")
+    first = "ioc.mekong.example,ioc.mekong.example.alert.42.100,2026-03-10T08:30:15+07:00"
+
+    raised = replace(english, event_id=101, event_kind="raised", event_at=later)
+    root = check(render(raised))
+    assert text(root, "c:msgType") == ["Update"]
+    assert text(root, "c:references") == [first]
+    assert text(root, "c:info/c:severity") == ["Severe", "Severe"]
+    assert text(root, "c:info/c:urgency") == ["Immediate", "Immediate"]
+    assert text(root, "c:info/c:responseType") == ["Monitor", "Monitor"]
+    vi, en = text(root, "c:info/c:description")
+    assert vi == "Mức độ tăng lên nguy hiểm. Độ mặn tại tram-cai-lon: 4.6 ‰ (>= 4 ‰)."
+    assert en == "Severity raised to critical. Salinity at tram-cai-lon: 4.6 ‰ (>= 4 ‰)."
+    assert text(root, "c:info/c:headline") == [SALINITY.title, english.title_en]
+
+    lowered = replace(
+        english,
+        event_id=102,
+        event_kind="lowered",
+        event_at=later,
+        severity="warning",
+        value=2.5,
+        threshold=1.0,
+    )
+    root = check(render(lowered))
+    assert text(root, "c:msgType") == ["Update"]
+    assert text(root, "c:references") == [first]
+    assert text(root, "c:info/c:severity") == ["Moderate", "Moderate"]
+    assert text(root, "c:info/c:urgency") == ["Expected", "Expected"]
+    vi, en = text(root, "c:info/c:description")
+    assert vi == "Mức độ giảm xuống cảnh báo. Độ mặn tại tram-cai-lon: 2.5 ‰ (>= 1 ‰)."
+    assert en == "Severity lowered to warning. Salinity at tram-cai-lon: 2.5 ‰ (>= 1 ‰)."
+
+    retracted = replace(
+        english, event_id=103, event_kind="retracted", event_at=later, status="resolved"
+    )
+    root = check(render(retracted))
+    assert text(root, "c:msgType") == ["Cancel"]
+    assert text(root, "c:references") == [first]
+    assert text(root, "c:info/c:urgency") == ["Past", "Past"]
+    assert text(root, "c:info/c:responseType") == ["AllClear", "AllClear"]
+    vi, en = text(root, "c:info/c:description")
+    assert vi.startswith("Rút lại: số liệu đến muộn cho thấy điều kiện không kéo dài đủ lâu. ")
+    assert en.startswith("Withdrawn: late readings show the condition did not last long enough. ")
+
+
+def test_without_an_english_title_the_english_headline_is_the_title() -> None:
+    root = check(render(SALINITY))
+    assert text(root, "c:info/c:headline") == [SALINITY.title, SALINITY.title]
+
+
+def test_stored_severity_changes_and_a_retraction_render_from_the_database(
+    synced_db: str,
+) -> None:
+    """Each message carries the severity recorded with its event, the reading and limit it
+    was about, and references the opening message; the alert's titles in both languages."""
+    with psycopg.connect(libpq_url(synced_db)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO source (id, sector_id, latitude, longitude, district) "
+            "VALUES ('tram-y', 'water', 9.3, 105.7, 'vinh-thuan')"
+        )
+        cur.execute(
+            "SELECT severity, id FROM alert_rule WHERE kind = 'threshold' AND metric = 'salinity'"
+        )
+        rules = {str(s): int(i) for s, i in cur.fetchall()}
+        cur.execute(
+            "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
+            "severity, peak_severity, title, title_en, last_value, last_seen_at) VALUES "
+            "('test:tram-y', %s, 'threshold', 'water', 'tram-y', 'salinity', 'warning', "
+            "'warning', 'Độ mặn 1,4 ‰ vượt ngưỡng cảnh báo 1 ‰ tại tram-y', "
+            "'Salinity 1.4 ‰ above warning 1 ‰ at tram-y', 1.4, now()) RETURNING id",
+            (rules["warning"],),
+        )
+        row = cur.fetchone()
+        assert row is not None
+        alert_id = int(row[0])
+        reading = {"operator": ">=", "at": datetime.now(UTC).isoformat()}
+        events = [
+            lifecycle.record(cur, alert_id, "opened", detail={**reading, "value": 1.4,
+                                                              "threshold": 1.0}),
+        ]  # fmt: skip
+        cur.execute(
+            "UPDATE alert SET severity = 'critical', peak_severity = 'critical', rule_id = %s, "
+            "title = 'Độ mặn 4,6 ‰ vượt ngưỡng nguy hiểm 4 ‰ tại tram-y', "
+            "title_en = 'Salinity 4.6 ‰ above critical 4 ‰ at tram-y', last_value = 4.6 "
+            "WHERE id = %s",
+            (rules["critical"], alert_id),
+        )
+        events.append(
+            lifecycle.record(
+                cur, alert_id, "raised", detail={**reading, "value": 4.6, "threshold": 4.0}
+            )
+        )
+        cur.execute(
+            "UPDATE alert SET severity = 'warning', rule_id = %s, "
+            "title = 'Độ mặn 2,5 ‰ vượt ngưỡng cảnh báo 1 ‰ tại tram-y', "
+            "title_en = 'Salinity 2.5 ‰ above warning 1 ‰ at tram-y', last_value = 2.5 "
+            "WHERE id = %s",
+            (rules["warning"], alert_id),
+        )
+        events.append(
+            lifecycle.record(
+                cur, alert_id, "lowered", detail={**reading, "value": 2.5, "threshold": 1.0}
+            )
+        )
+        cur.execute(
+            "UPDATE alert SET status = 'resolved', resolved_at = now(), resolved_by = 'engine', "
+            "retracted = true WHERE id = %s",
+            (alert_id,),
+        )
+        events.append(lifecycle.record(cur, alert_id, "retracted"))
+        conn.commit()
+        profile = load_profile("mekong")
+        messages = [cap.load(conn, e, profile.districts) for e in events]
+    zone = ZoneInfo(profile.timezone)
+    docs = []
+    for m in messages:
+        assert m is not None
+        docs.append(check(cap.render(m, sender="ioc.test", sender_name="IOC", zone=zone)))
+    assert [text(d, "c:msgType") for d in docs] == [["Alert"], ["Update"], ["Update"], ["Cancel"]]
+    assert [text(d, "c:info/c:severity") for d in docs] == [
+        ["Moderate", "Moderate"],
+        ["Severe", "Severe"],
+        ["Moderate", "Moderate"],
+        ["Moderate", "Moderate"],
+    ]
+    (opening,) = text(docs[0], "c:identifier")
+    assert opening == f"ioc.test.alert.{alert_id}.{events[0]}"
+    for d in docs[1:]:
+        (ref,) = text(d, "c:references")
+        assert ref.startswith(f"ioc.test,{opening},")
+    assert text(docs[0], "c:info/c:language") == ["vi-VN", "en-US"]
+    descriptions = [text(d, "c:info/c:description") for d in docs]
+    assert descriptions[1] == [
+        "Mức độ tăng lên nguy hiểm. Độ mặn tại tram-y: 4.6 ‰ (>= 4 ‰).",
+        "Severity raised to critical. Salinity at tram-y: 4.6 ‰ (>= 4 ‰).",
+    ]
+    assert descriptions[2] == [
+        "Mức độ giảm xuống cảnh báo. Độ mặn tại tram-y: 2.5 ‰ (>= 1 ‰).",
+        "Severity lowered to warning. Salinity at tram-y: 2.5 ‰ (>= 1 ‰).",
+    ]
+    vi, en = descriptions[3]
+    assert vi.startswith("Rút lại: số liệu đến muộn cho thấy điều kiện không kéo dài đủ lâu.")
+    assert en.startswith("Withdrawn: late readings show the condition did not last long enough.")
+    assert text(docs[3], "c:info/c:responseType") == ["AllClear", "AllClear"]
+    assert text(docs[3], "c:info/c:urgency") == ["Past", "Past"]
+    # the opening message describes its own reading, though the alert moved on since
+    assert descriptions[0][1] == "Salinity at tram-y: 1.4 ‰ (>= 1 ‰)."
+    assert text(docs[3], "c:info/c:headline") == [
+        "Độ mặn 2,5 ‰ vượt ngưỡng cảnh báo 1 ‰ tại tram-y",
+        "Salinity 2.5 ‰ above warning 1 ‰ at tram-y",
+    ]

@@ -40,13 +40,17 @@ def threshold_alerts(db_url: str) -> list[tuple[Any, ...]]:
 
 
 def event_kinds(db_url: str, alert_id: int) -> list[str]:
-    rows = query(db_url, "SELECT kind FROM alert_event WHERE alert_id = %s ORDER BY id", (alert_id,))
+    rows = query(
+        db_url, "SELECT kind FROM alert_event WHERE alert_id = %s ORDER BY id", (alert_id,)
+    )
     return [str(r[0]) for r in rows]
 
 
 def quiet_since(db_url: str, alert_id: int) -> datetime:
     ((at,),) = query(
-        db_url, "SELECT greatest(confirmed_at, transitioned_at) FROM alert WHERE id = %s", (alert_id,)
+        db_url,
+        "SELECT greatest(confirmed_at, transitioned_at) FROM alert WHERE id = %s",
+        (alert_id,),
     )
     assert isinstance(at, datetime)
     return at
@@ -109,7 +113,9 @@ def test_a_reopened_critical_alert_escalates_from_its_reopening_one_level_at_a_t
     t0 = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
 
     def breach(start: datetime) -> Item:
-        return telemetry("tram-s", "salinity", [(start + timedelta(minutes=m), 4.6) for m in range(16)])
+        return telemetry(
+            "tram-s", "salinity", [(start + timedelta(minutes=m), 4.6) for m in range(16)]
+        )
 
     with engine_writer(synced_db, reopen_window_s=3600) as writer:
         feed(writer, breach(t0))
@@ -127,7 +133,9 @@ def test_a_reopened_critical_alert_escalates_from_its_reopening_one_level_at_a_t
         "UPDATE alert SET opened_at = now() - interval '45 minutes' WHERE id = %s",
         (alert_id,),
     )
-    ((reopened,),) = query(synced_db, "SELECT transitioned_at FROM alert WHERE id = %s", (alert_id,))
+    ((reopened,),) = query(
+        synced_db, "SELECT transitioned_at FROM alert WHERE id = %s", (alert_id,)
+    )
     now = datetime.now(UTC)
     assert now >= reopened
 

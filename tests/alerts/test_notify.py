@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
+from alerts import lifecycle
 from alerts.notify import MqttChannel, WebhookChannel, _lock_key
 from ingest.items import Item
 from ioc.db import libpq_url
@@ -207,3 +208,88 @@ def test_alert_events_are_published_on_mqtt(synced_db: str, mqtt_url: str) -> No
     assert topic == "ioc/v1/alerts/water/warning"
     assert orjson.loads(payload)["kind"] == "opened"
     assert deliveries(synced_db) == [("mqtt", 1, True, None)]
+
+
+def test_the_document_carries_severity_changes_titles_and_the_condition_clock(
+    synced_db: str,
+) -> None:
+    """Each event tells the severity and status at that event, and the alert's English
+    title, peak severity, condition times (reading time) and whether it was retracted."""
+    started, fired, ended = T0, T0 + timedelta(minutes=15), T0 + timedelta(minutes=21)
+    with psycopg.connect(libpq_url(synced_db)) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO source (id, sector_id) VALUES ('tram-w6', 'water')")
+        cur.execute(
+            "INSERT INTO alert (cause_key, rule_kind, sector_id, source_id, metric, severity, "
+            "peak_severity, title, title_en, last_value, last_seen_at, condition_started_at, "
+            "condition_fired_at) VALUES ('test:tram-w6', 'threshold', 'water', 'tram-w6', "
+            "'salinity', 'warning', 'warning', 'Độ mặn 1,5 ‰', 'Salinity 1.5 ‰', 1.5, %s, %s, %s) "
+            "RETURNING id",
+            (fired, started, fired),
+        )
+        row = cur.fetchone()
+        assert row is not None
+        alert_id = int(row[0])
+    receiver = Receiver([])
+    try:
+        with dispatching(synced_db, webhook(receiver.url)) as dispatcher:
+            assert dispatcher.dispatch_pending() == 0  # the channel starts from now
+            with psycopg.connect(libpq_url(synced_db)) as conn, conn.cursor() as cur:
+                lifecycle.record(cur, alert_id, "opened")
+                cur.execute(
+                    "UPDATE alert SET severity = 'critical', peak_severity = 'critical' "
+                    "WHERE id = %s",
+                    (alert_id,),
+                )
+                lifecycle.record(cur, alert_id, "raised", detail={"from": "warning"})
+                cur.execute(
+                    "UPDATE alert SET severity = 'warning', status = 'resolved', "
+                    "resolved_at = now(), resolved_by = 'engine', retracted = true, "
+                    "condition_ended_at = %s WHERE id = %s",
+                    (ended, alert_id),
+                )
+                lifecycle.record(cur, alert_id, "retracted")
+            assert dispatcher.dispatch_pending() == 3
+    finally:
+        receiver.close()
+    docs = [orjson.loads(body) for _, body in receiver.requests]
+    assert [(d["kind"], d["alert"]["severity"], d["alert"]["status"]) for d in docs] == [
+        ("opened", "warning", "open"),
+        ("raised", "critical", "open"),
+        ("retracted", "warning", "resolved"),
+    ]
+    alert = docs[-1]["alert"]
+    assert {k: alert[k] for k in ("title", "title_en", "peak_severity", "retracted")} == {
+        "title": "Độ mặn 1,5 ‰",
+        "title_en": "Salinity 1.5 ‰",
+        "peak_severity": "critical",
+        "retracted": True,
+    }
+    assert datetime.fromisoformat(alert["condition_started_at"]) == started
+    assert datetime.fromisoformat(alert["condition_fired_at"]) == fired
+    assert datetime.fromisoformat(alert["condition_ended_at"]) == ended
+    assert (alert["id"], alert["source_id"], alert["resolved_by"]) == (
+        alert_id,
+        "tram-w6",
+        "engine",
+    )
+    # the alert as it is when the channel reads the event: the later columns show in all three
+    assert {d["alert"]["condition_ended_at"] for d in docs} == {alert["condition_ended_at"]}
+
+
+def test_an_alert_without_condition_times_has_nulls(synced_db: str, receiver: Receiver) -> None:
+    with dispatching(synced_db, webhook(receiver.url), backoff_start_s=0.01) as dispatcher:
+        dispatcher.dispatch_pending()
+        with psycopg.connect(libpq_url(synced_db)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO alert (cause_key, sector_id, severity, title) "
+                "VALUES ('test:bare', 'water', 'info', 'thử') RETURNING id"
+            )
+            row = cur.fetchone()
+            assert row is not None
+            lifecycle.record(cur, int(row[0]), "opened")
+        assert dispatcher.dispatch_pending() == 1
+    alert = orjson.loads(receiver.requests[-1][1])["alert"]
+    assert alert["title_en"] is None
+    assert alert["peak_severity"] is None
+    assert alert["retracted"] is False
+    assert [alert[f"condition_{k}_at"] for k in ("started", "fired", "ended")] == [None] * 3

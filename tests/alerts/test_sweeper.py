@@ -126,6 +126,40 @@ def test_an_unacknowledged_critical_alert_escalates_every_period_up_to_the_limit
     assert kinds == [("opened", None), ("escalated", "1"), ("escalated", "2")]
 
 
+def _clocks(db_url: str, alert_id: int) -> tuple[datetime, datetime]:
+    ((transitioned, confirmed),) = query(
+        db_url, "SELECT transitioned_at, confirmed_at FROM alert WHERE id = %s", (alert_id,)
+    )
+    return transitioned, confirmed
+
+
+def test_escalation_counts_from_the_latest_transition_not_the_opening(synced_db: str) -> None:
+    config = SweepConfig(escalate_after_s=600, escalate_max_level=3, auto_resolve_s=0)
+    alert_id = _critical_alert(synced_db, "tram-g")
+    # opened an hour ago, but its latest transition (say a reopening) was just now
+    query(
+        synced_db,
+        "UPDATE alert SET opened_at = opened_at - interval '1 hour' WHERE id = %s",
+        (alert_id,),
+    )
+    transitioned, _ = _clocks(synced_db, alert_id)
+    assert run_sweep(synced_db, config, transitioned + timedelta(seconds=599)).escalated == 0
+    assert run_sweep(synced_db, config, transitioned + timedelta(seconds=600)).escalated == 1
+    # the next level counts from the sweep that escalated, by the sweep's clock
+    assert _clocks(synced_db, alert_id)[0] == transitioned + timedelta(seconds=600)
+    assert run_sweep(synced_db, config, transitioned + timedelta(seconds=1199)).escalated == 0
+    assert run_sweep(synced_db, config, transitioned + timedelta(seconds=1200)).escalated == 1
+    details = query(
+        synced_db,
+        "SELECT detail FROM alert_event WHERE alert_id = %s AND kind = 'escalated' ORDER BY id",
+        (alert_id,),
+    )
+    assert details == [
+        ({"level": 1, "unacknowledged_s": 600},),
+        ({"level": 2, "unacknowledged_s": 600},),
+    ]
+
+
 def test_alerts_nothing_confirmed_for_long_resolve_themselves(synced_db: str) -> None:
     alert_id = _critical_alert(synced_db, "tram-f")
     config = SweepConfig(escalate_max_level=0, auto_resolve_s=3600)
@@ -134,6 +168,59 @@ def test_alerts_nothing_confirmed_for_long_resolve_themselves(synced_db: str) ->
     assert run_sweep(synced_db, config, now + timedelta(minutes=61)).auto_resolved == 1
     row = query(synced_db, "SELECT status, resolved_by FROM alert WHERE id = %s", (alert_id,))
     assert row == [("resolved", "sweeper")]
+
+
+def test_auto_resolution_counts_wall_time_from_the_latest_confirmation_or_transition(
+    synced_db: str,
+) -> None:
+    """Not from the time the readings carry: an alert whose last reading is a day old by
+    its own clock but was confirmed just now stays."""
+    config = SweepConfig(escalate_max_level=0, auto_resolve_s=3600)
+    confirmed = _critical_alert(synced_db, "tram-h")
+    taken = _critical_alert(synced_db, "tram-i")
+    query(
+        synced_db,
+        "UPDATE alert SET last_seen_at = now() - interval '1 day', "
+        "transitioned_at = transitioned_at - interval '2 hours', "
+        "confirmed_at = confirmed_at - interval '2 hours'",
+    )
+    query(synced_db, "UPDATE alert SET confirmed_at = now() WHERE id = %s", (confirmed,))
+    with psycopg.connect(libpq_url(synced_db)) as conn:
+        lifecycle.acknowledge(conn, taken, actor="operator:an")  # a transition, just now
+    quiet = {a: max(_clocks(synced_db, a)) for a in (confirmed, taken)}
+    last = max(quiet.values())
+    assert (
+        run_sweep(synced_db, config, min(quiet.values()) + timedelta(minutes=59)).auto_resolved == 0
+    )
+    assert run_sweep(synced_db, config, last + timedelta(minutes=60)).auto_resolved == 2
+    rows = query(
+        synced_db,
+        "SELECT alert_id, detail FROM alert_event WHERE kind = 'resolved' ORDER BY alert_id",
+    )
+    assert rows == [
+        (a, {"reason": "timeout", "quiet_s": round((last - quiet[a]).total_seconds()) + 3600})
+        for a in sorted(quiet)
+    ]
+
+
+def test_auto_resolution_spares_silence_and_manually_resolved_rules(synced_db: str) -> None:
+    config = SweepConfig(escalate_max_level=0, auto_resolve_s=3600)
+    alert_id = _critical_alert(synced_db, "tram-j")
+    query(
+        synced_db,
+        "UPDATE alert_rule SET manual_resolve = true WHERE id = "
+        "(SELECT rule_id FROM alert WHERE id = %s)",
+        (alert_id,),
+    )
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert run_sweep(synced_db, config, later).auto_resolved == 0
+    query(
+        synced_db,
+        "UPDATE alert SET rule_kind = 'silence', rule_id = NULL WHERE id = %s",
+        (alert_id,),
+    )
+    assert run_sweep(synced_db, config, later).auto_resolved == 0
+    assert query(synced_db, "SELECT status FROM alert") == [("open",)]
 
 
 def test_a_second_sweeper_skips_the_round_while_one_sweeps(synced_db: str) -> None:
