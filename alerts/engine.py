@@ -118,8 +118,8 @@ class EngineBatch(Protocol):
         ...
 
     @property
-    def new_readings(self) -> list[tuple[int, datetime, float]] | None:
-        """(series_id, ts, value) of the readings stored for the first time."""
+    def known(self) -> set[tuple[int, datetime]] | None:
+        """(series_id, ts) of the batch's readings stored before it; the others are new."""
         ...
 
     @property
@@ -138,6 +138,8 @@ class _Work:
     sid: int
     fresh: list[Reading]
     late: list[Reading]
+    high: float | None  # of the fresh readings
+    low: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,18 +280,20 @@ class AlertEngine:
     def _work(self, cur: lifecycle.Cursor, index: RuleIndex, batch: EngineBatch) -> list[_Work]:
         """The groups this batch's new readings reach, with those readings split into fresh
         (newer than anything stored for the series) and late ones within the horizon."""
-        keys = {sid: (source, metric) for sid, source, metric, _, _ in batch.readings}
-        new = batch.new_readings
-        if new is None:  # a writer that does not tell: every reading is new and in order
-            new = [(sid, ts, value) for sid, _, _, ts, value in batch.readings]
-        by_series: dict[int, list[Reading]] = {}
-        for sid, ts, value in new:
-            by_series.setdefault(sid, []).append((ts, value))
+        known = batch.known or ()
+        by_series: dict[int, tuple[str, str, list[Reading]]] = {}
+        for sid, source, metric, ts, value in batch.readings:
+            if known and (sid, ts) in known:
+                continue  # stored before: a redelivery changes nothing
+            entry = by_series.get(sid)
+            if entry is None:
+                by_series[sid] = (source, metric, [(ts, value)])
+            else:
+                entry[2].append((ts, value))
         sectors = batch.source_sectors
-        districts = self._districts(cur, index, {source for source, _ in keys.values()})
+        districts = self._districts(cur, index, {e[0] for e in by_series.values()})
         out: list[_Work] = []
-        for sid, readings in by_series.items():
-            source, metric = keys[sid]
+        for sid, (source, metric, readings) in by_series.items():
             sector = sectors.get(source)
             if sector is None:
                 continue
@@ -306,8 +310,10 @@ class AlertEngine:
                 kept = [r for r in late if r[0] >= horizon]
                 self.beyond_horizon += len(late) - len(kept)
                 late = kept
+            values = [v for _, v in fresh]
+            high, low = (max(values), min(values)) if values else (None, None)
             for group in groups:
-                out.append(_Work(group, source, metric, sid, fresh, late))
+                out.append(_Work(group, source, metric, sid, fresh, late, high, low))
         return out
 
     # -- threshold and deviation groups ----------------------------------------------------
@@ -340,19 +346,21 @@ class AlertEngine:
                 result = self._reevaluate(cur, w, counts)
             if result is not None:
                 new_states, alert_id = result
+                held_after = alert_id is not None
             else:
                 readings = w.fresh if w.group.kind == "threshold" else w.fresh + w.late
-                outcome = run_group(w.group, states, readings)
+                held = alert_id is not None and any(s.phase != "normal" for s in states.values())
+                outcome = run_group(w.group, states, readings, active=held)
                 for change in outcome.changes:
                     alert_id = self._apply(cur, w, change, alert_id, counts)
                 new_states = outcome.states
+                held_after = outcome.held
                 if outcome.last_firing is not None and alert_id is not None:
                     touched[0].append(alert_id)
                     touched[1].append(outcome.last_firing[1])
                     touched[2].append(outcome.last_firing[0])
-            firing = any(s.phase == "firing" for s in new_states.values())
             manual = any(r.manual_resolve for r in w.group.rules)
-            keep = alert_id if firing or manual else None
+            keep = alert_id if held_after or manual else None
             for rule in w.group.rules:
                 after = new_states[rule.id]
                 if after != states[rule.id] or rows[(rule.id, w.source)][6] != keep:
@@ -385,7 +393,11 @@ class AlertEngine:
                 return True
         if w.group.kind == "deviation":
             return True  # its statistics move with every reading
-        return any(rule.breached(v) for rule in w.group.rules for _, v in w.fresh)
+        if w.high is None or w.low is None:
+            return False
+        return any(
+            rule.breached(w.high if rule.direction == "above" else w.low) for rule in w.group.rules
+        )
 
     def _cause(self, cur: lifecycle.Cursor, w: _Work, rule: Rule, value: float) -> lifecycle.Cause:
         """The alert cause of a group on a source at the severity of `rule`, titled."""

@@ -66,12 +66,24 @@ class Outcome:
 
     states: dict[int, State]
     changes: list[Change]
-    last_firing: Reading | None  # the newest reading at which the group was firing
+    last_firing: Reading | None  # the newest reading at which the group held
+    held: bool = False  # whether the group holds after the last reading
 
 
-def run_group(group: Group, states: Mapping[int, State], readings: Iterable[Reading]) -> Outcome:
+def run_group(
+    group: Group,
+    states: Mapping[int, State],
+    readings: Iterable[Reading],
+    *,
+    active: bool = False,
+) -> Outcome:
     """Run a group's rules over one source's readings of its metric, in time order (exact
-    duplicates once). A deviation group skips readings not newer than the last it judged."""
+    duplicates once). A deviation group skips readings not newer than the last it judged.
+
+    Once a rule fired, the group holds until every rule is back to normal: its level is the
+    most severe firing rule, else (a more severe rule cleared while a milder one is still
+    waiting out its duration) the mildest rule not normal. `active`: the group held before
+    these readings even if no rule is firing now (its alert is active)."""
     rules = group.rules
     n = len(rules)
     deviation = group.kind == "deviation"
@@ -81,12 +93,18 @@ def run_group(group: Group, states: Mapping[int, State], readings: Iterable[Read
     last_ts = [s.last_ts for s in olds]
     last_value = [s.last_value for s in olds]
     stats = [(s.mean, s.var, s.samples) for s in olds]
-    firing = _top(rules, phase)
+    firing = _level(rules, phase, active)
     changes: list[Change] = []
-    last_firing: Reading | None = None
+    last_firing: Reading | None = None  # in this run
+    held_last: Reading | None = None  # in this run or before it
     held_since: datetime | None = None
     if firing is not None:
         held_since = min(t for t in since if t is not None)
+        seen = [(t, v) for t, v in zip(last_ts, last_value, strict=True) if t is not None]
+        if seen:
+            t, v = max(seen, key=lambda r: r[0])
+            if v is not None:
+                held_last = (t, float(v))
     for ts, value in sorted(set(readings)):
         if deviation and last_ts[0] is not None and ts <= last_ts[0]:
             continue
@@ -114,14 +132,14 @@ def run_group(group: Group, states: Mapping[int, State], readings: Iterable[Read
             assert started is not None  # pending always has its start
             if (ts - started).total_seconds() >= rule.for_s:
                 phase[i] = "firing"
-        top = _top(rules, phase)
+        top = _level(rules, phase, firing is not None)
         if top is not firing:
             if firing is None:
                 held_since = min(t for t in since if t is not None)
                 changes.append(Change("fire", ts, value, held_since, top))
             elif top is None:
                 assert held_since is not None
-                changes.append(Change("clear", ts, value, held_since, None, last_firing))
+                changes.append(Change("clear", ts, value, held_since, None, held_last))
             else:
                 assert held_since is not None
                 kind: ChangeKind = (
@@ -133,7 +151,7 @@ def run_group(group: Group, states: Mapping[int, State], readings: Iterable[Read
                     changes.append(Change(kind, ts, value, held_since, top))
             firing = top
         if firing is not None:
-            last_firing = (ts, value)
+            last_firing = held_last = (ts, value)
         else:
             held_since = None
     new = {
@@ -148,14 +166,19 @@ def run_group(group: Group, states: Mapping[int, State], readings: Iterable[Read
         )
         for i, rule in enumerate(rules)
     }
-    return Outcome(new, changes, last_firing)
+    return Outcome(new, changes, last_firing, firing is not None)
 
 
-def _top(rules: tuple[Rule, ...], phase: list[Phase]) -> Rule | None:
-    """The most severe firing rule (rules are ordered by severity: the last one firing)."""
+def _level(rules: tuple[Rule, ...], phase: list[Phase], held: bool) -> Rule | None:
+    """The rule whose severity the group has: the most severe firing rule (rules are ordered
+    by severity); when none fires but the group held, the mildest rule not normal."""
     for i in range(len(rules) - 1, -1, -1):
         if phase[i] == "firing":
             return rules[i]
+    if held:
+        for i in range(len(rules)):
+            if phase[i] != "normal":
+                return rules[i]
     return None
 
 

@@ -24,6 +24,7 @@ from alerts import lifecycle
 from alerts.engine import load_rules
 from alerts.evaluation import is_silent
 from alerts.rules import SILENCE_FACTOR_DEFAULT, Rule
+from alerts.titles import silence_titles
 from ioc.db import libpq_url
 from ioc.settings import Settings
 
@@ -109,7 +110,10 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
         if after_s is None or not rule.covers(source, district):
             continue
         # lock the source (ingest updates it in every batch), then look again
-        cur.execute("SELECT last_reading_at FROM source WHERE id = %s FOR UPDATE", (source,))
+        cur.execute(
+            "SELECT last_reading_at, coalesce(name, id) FROM source WHERE id = %s FOR UPDATE",
+            (source,),
+        )
         locked = cur.fetchone()
         if locked is None or not is_silent(locked[0], now, max(after_s, config.min_silence_s)):
             continue
@@ -125,11 +129,13 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
         if state is not None and state[0] == "firing":
             continue
         silent_s = (now - locked[0]).total_seconds()
+        title, title_en = silence_titles(str(locked[1]), silent_s)
         cause = lifecycle.Cause(
             key=lifecycle.cause_key(rule.id, source),
             sector=rule.sector,
             severity=rule.severity,
-            title=f"{source} silent for {silent_s / 60:.0f} min",
+            title=title,
+            title_en=title_en,
             rule_id=rule.id,
             rule_kind=rule.kind,
             source_id=source,
@@ -140,6 +146,7 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
             serialized=True,  # the alert_state row is locked
             value=None,
             at=now,
+            started=locked[0],
             detail={
                 "rule": rule.name,
                 "last_reading_at": locked[0].isoformat(),

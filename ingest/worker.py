@@ -50,7 +50,12 @@ def default_hooks(settings: Settings) -> list[BatchHook]:
     alert engine, unless disabled."""
     hooks: list[BatchHook] = [LateRanges()]
     if settings.alerts_enabled:
-        hooks.append(AlertEngine(reopen_window_s=settings.alerts_reopen_window_s))
+        hooks.append(
+            AlertEngine(
+                reopen_window_s=settings.alerts_reopen_window_s,
+                lateness_s=settings.alerts_lateness_s,
+            )
+        )
     return hooks
 
 

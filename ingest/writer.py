@@ -68,15 +68,16 @@ MOVE_STAGE: Final = (
     "SELECT ts, series_id, value FROM reading_stage ORDER BY series_id, ts "
     "ON CONFLICT DO NOTHING"
 )
-# the same, telling which rows were new and, per series, its newest reading before the batch
-# (the statement's other parts see the table as it was before its insert)
-MOVE_STAGE_TRACKED: Final = f"""
-WITH new AS ({MOVE_STAGE} RETURNING series_id, ts, value),
-before AS (
-    SELECT k.series_id, (SELECT max(r.ts) FROM reading r WHERE r.series_id = k.series_id) AS ts
-    FROM (SELECT DISTINCT series_id FROM reading_stage) k)
-SELECT new.series_id, new.ts, new.value, before.ts
-FROM new JOIN before ON before.series_id = new.series_id
+# with a hook that wants them (before the insert): per series, its newest stored reading ...
+NEWEST_BEFORE: Final = """
+SELECT k.series_id, (SELECT max(r.ts) FROM reading r WHERE r.series_id = k.series_id)
+FROM unnest(%s::int[]) AS k(series_id)
+"""
+# ... and, for series whose batch reaches back that far, which staged readings are stored
+KNOWN_BEFORE: Final = """
+SELECT s.series_id, s.ts FROM reading_stage s
+JOIN reading r ON r.series_id = s.series_id AND r.ts = s.ts
+WHERE s.series_id = ANY(%s::int[])
 """
 _INSERT_EVENT: Final = """
 INSERT INTO event (sector_id, source_id, kind, severity, title, description, district,
@@ -130,11 +131,11 @@ class Batch:
     """Items whose event was newly stored (their `event_id` is set)."""
     source_sectors: dict[str, str] = field(default_factory=dict)
     """The sector of every source in the batch, as registered (a reading is judged by it)."""
-    new_readings: list[tuple[int, datetime, float]] | None = None
-    """(series_id, ts, value) of the readings this batch stored for the first time (None
-    unless a hook asked for them with `wants_new_readings`)."""
+    known: set[tuple[int, datetime]] | None = None
+    """(series_id, ts) of the batch's readings that were stored before it (None unless a hook
+    asked with `wants_new_readings`); the others are new."""
     newest_before: dict[int, datetime | None] = field(default_factory=dict)
-    """With `new_readings`: per series, its newest reading stored before this batch."""
+    """With `known`: per series of the batch, its newest reading stored before this batch."""
 
 
 class _Wake(enum.Enum):
@@ -672,19 +673,33 @@ class Writer:
             cp.set_types(["timestamptz", "int4", "float8"])
             for sid, _, _, ts, value in out:
                 cp.write_row((ts, sid, value))
-        if not self.track_new:
-            cur.execute(MOVE_STAGE)
-            batch.stored = max(cur.rowcount, 0)
-            return
-        cur.execute(MOVE_STAGE_TRACKED)
-        new: list[tuple[int, datetime, float]] = []
-        newest = batch.newest_before
-        for row in cur.fetchall():
-            sid, ts, value, before = cast(tuple[int, datetime, float, datetime | None], row)
-            new.append((sid, ts, value))
-            newest[sid] = before
-        batch.new_readings = new
-        batch.stored = len(new)
+        if self.track_new:
+            self._known_before(cur, batch)
+        cur.execute(MOVE_STAGE)
+        batch.stored = max(cur.rowcount, 0)
+
+    @staticmethod
+    def _known_before(cur: psycopg.Cursor[tuple[object, ...]], batch: Batch) -> None:
+        """Tell the hooks, per series, the newest reading stored before this batch and which
+        of the batch's readings were stored already (only a series whose batch reaches back to
+        its newest reading can hold any: in-order data costs one index probe a series)."""
+        oldest: dict[int, datetime] = {}
+        for sid, _, _, ts, _ in batch.readings:
+            first = oldest.get(sid)
+            if first is None or ts < first:
+                oldest[sid] = ts
+        cur.execute(NEWEST_BEFORE, (list(oldest),))
+        newest = dict(cast(list[tuple[int, datetime | None]], cur.fetchall()))
+        batch.newest_before = newest
+        overlapping = [
+            sid
+            for sid, first in oldest.items()
+            if (n := newest.get(sid)) is not None and first <= n
+        ]
+        batch.known = set()
+        if overlapping:
+            cur.execute(KNOWN_BEFORE, (overlapping,))
+            batch.known = set(cast(list[tuple[int, datetime]], cur.fetchall()))
 
     @staticmethod
     def _insert_events(

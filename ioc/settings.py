@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="a condition that fires again this soon after its alert resolved reopens "
         "that alert instead of opening a new one (0: never)",
     )
+    alerts_lateness_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=30 * 86_400,
+        description="a reading up to this much older than its series' newest (reading time) "
+        "is judged again with the readings around it; older ones are stored only",
+    )
     alerts_sweep_interval_s: float = Field(default=15.0, gt=0, le=3600)
     alerts_escalate_after_s: float = Field(
         default=900.0, gt=0, description="an unacknowledged critical alert escalates this often"
