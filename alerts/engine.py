@@ -57,6 +57,13 @@ FROM alert_state s JOIN unnest(%s::int[], %s::text[]) AS k(rule_id, source_id)
 ORDER BY s.rule_id, s.source_id
 FOR UPDATE OF s
 """
+# every rule state of the batch's sources (rows exist only for groups that were ever judged)
+_LOCK_SOURCES: Final = f"""
+SELECT {_STATE_COLUMNS}
+FROM alert_state s WHERE s.source_id = ANY(%s::text[])
+ORDER BY s.rule_id, s.source_id
+FOR UPDATE OF s
+"""
 _SAVE_STATE: Final = """
 UPDATE alert_state s
 SET state = u.state, pending_since = u.pending_since, last_ts = u.last_ts,
@@ -115,6 +122,11 @@ class EngineBatch(Protocol):
     @property
     def source_sectors(self) -> Mapping[str, str]:
         """The registered sector of each source in the batch."""
+        ...
+
+    @property
+    def series(self) -> Mapping[int, tuple[str, str, list[tuple[datetime, float]]]]:
+        """With `known`: per series, (source, metric, its readings in the batch)."""
         ...
 
     @property
@@ -280,22 +292,26 @@ class AlertEngine:
     def _work(self, cur: lifecycle.Cursor, index: RuleIndex, batch: EngineBatch) -> list[_Work]:
         """The groups this batch's new readings reach, with those readings split into fresh
         (newer than anything stored for the series) and late ones within the horizon."""
-        known = batch.known or ()
-        by_series: dict[int, tuple[str, str, list[Reading]]] = {}
-        for sid, source, metric, ts, value in batch.readings:
-            if known and (sid, ts) in known:
-                continue  # stored before: a redelivery changes nothing
-            entry = by_series.get(sid)
-            if entry is None:
-                by_series[sid] = (source, metric, [(ts, value)])
-            else:
-                entry[2].append((ts, value))
+        known = batch.known
+        by_series: Mapping[int, tuple[str, str, list[Reading]]]
+        if known is None:  # a writer that does not tell: every reading is new
+            grouped: dict[int, tuple[str, str, list[Reading]]] = {}
+            for sid, source, metric, ts, value in batch.readings:
+                grouped.setdefault(sid, (source, metric, []))[2].append((ts, value))
+            by_series = grouped
+        elif known:  # stored before: a redelivery changes nothing
+            by_series = {
+                sid: (source, metric, [r for r in readings if (sid, r[0]) not in known])
+                for sid, (source, metric, readings) in batch.series.items()
+            }
+        else:
+            by_series = batch.series
         sectors = batch.source_sectors
         districts = self._districts(cur, index, {e[0] for e in by_series.values()})
         out: list[_Work] = []
         for sid, (source, metric, readings) in by_series.items():
             sector = sectors.get(source)
-            if sector is None:
+            if sector is None or not readings:
                 continue
             groups = index.groups(sector, metric, source, districts.get(source))
             if not groups:
@@ -321,8 +337,7 @@ class AlertEngine:
     def _groups(self, cur: lifecycle.Cursor, work: list[_Work], counts: _Counts) -> None:
         """Judge the groups that can change: those with a breaching or late reading and those
         not in normal state. A quiet group in normal state stays normal: one locking read."""
-        pairs = sorted({(r.id, w.source) for w in work for r in w.group.rules})
-        cur.execute(_LOCK_STATE, ([p[0] for p in pairs], [p[1] for p in pairs]))
+        cur.execute(_LOCK_SOURCES, (sorted({w.source for w in work}),))
         rows: dict[tuple[int, str], tuple[Any, ...]] = {(r[0], r[1]): r for r in cur.fetchall()}
         active = [w for w in work if self._may_change(w, rows)]
         if not active:

@@ -131,6 +131,8 @@ class Batch:
     """Items whose event was newly stored (their `event_id` is set)."""
     source_sectors: dict[str, str] = field(default_factory=dict)
     """The sector of every source in the batch, as registered (a reading is judged by it)."""
+    series: dict[int, tuple[str, str, list[tuple[datetime, float]]]] = field(default_factory=dict)
+    """With `known`: per series, (source, metric, its readings in the batch)."""
     known: set[tuple[int, datetime]] | None = None
     """(series_id, ts) of the batch's readings that were stored before it (None unless a hook
     asked with `wants_new_readings`); the others are new."""
@@ -657,6 +659,7 @@ class Writer:
     ) -> None:
         series = self._series
         out = batch.readings
+        grouped = batch.series if self.track_new else None
         for item in items:
             source = item.source_id
             if source is None:
@@ -667,6 +670,12 @@ class Writer:
                 if sid is None:
                     sid = new_series[key]
                 out.append((sid, source, r.metric, r.ts, r.value))
+                if grouped is not None:
+                    entry = grouped.get(sid)
+                    if entry is None:
+                        grouped[sid] = (source, r.metric, [(r.ts, r.value)])
+                    else:
+                        entry[2].append((r.ts, r.value))
         if not out:
             return
         with cur.copy("COPY reading_stage (ts, series_id, value) FROM STDIN (FORMAT BINARY)") as cp:
@@ -683,11 +692,7 @@ class Writer:
         """Tell the hooks, per series, the newest reading stored before this batch and which
         of the batch's readings were stored already (only a series whose batch reaches back to
         its newest reading can hold any: in-order data costs one index probe a series)."""
-        oldest: dict[int, datetime] = {}
-        for sid, _, _, ts, _ in batch.readings:
-            first = oldest.get(sid)
-            if first is None or ts < first:
-                oldest[sid] = ts
+        oldest = {sid: min(entry[2])[0] for sid, entry in batch.series.items()}
         cur.execute(NEWEST_BEFORE, (list(oldest),))
         newest = dict(cast(list[tuple[int, datetime | None]], cur.fetchall()))
         batch.newest_before = newest
