@@ -125,6 +125,11 @@ class EngineBatch(Protocol):
         ...
 
     @property
+    def source_districts(self) -> Mapping[str, str | None]:
+        """The registered district of each source in the batch."""
+        ...
+
+    @property
     def series(self) -> Mapping[int, tuple[str, str, list[tuple[datetime, float]]]]:
         """With `known`: per series, (source, metric, its readings in the batch)."""
         ...
@@ -307,7 +312,9 @@ class AlertEngine:
         else:
             by_series = batch.series
         sectors = batch.source_sectors
-        districts = self._districts(cur, index, {e[0] for e in by_series.values()})
+        districts = batch.source_districts or self._districts(
+            cur, index, {e[0] for e in by_series.values()}
+        )
         out: list[_Work] = []
         for sid, (source, metric, readings) in by_series.items():
             sector = sectors.get(source)

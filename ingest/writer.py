@@ -51,7 +51,7 @@ ON CONFLICT (id) DO UPDATE
 SET status = CASE WHEN excluded.status = 'unknown' THEN s.status ELSE excluded.status END,
     last_seen_at = greatest(s.last_seen_at, excluded.last_seen_at),
     last_reading_at = greatest(s.last_reading_at, excluded.last_reading_at)
-RETURNING id, sector_id
+RETURNING id, sector_id, district
 """
 _INSERT_SERIES: Final = """
 INSERT INTO series (source_id, metric, catalogued)
@@ -131,6 +131,8 @@ class Batch:
     """Items whose event was newly stored (their `event_id` is set)."""
     source_sectors: dict[str, str] = field(default_factory=dict)
     """The sector of every source in the batch, as registered (a reading is judged by it)."""
+    source_districts: dict[str, str | None] = field(default_factory=dict)
+    """The district of every source in the batch, as registered."""
     series: dict[int, tuple[str, str, list[tuple[datetime, float]]]] = field(default_factory=dict)
     """With `known`: per series, (source, metric, its readings in the batch)."""
     known: set[tuple[int, datetime]] | None = None
@@ -622,8 +624,9 @@ class Writer:
             [ids, *([seen[i][k] for i in ids] for k in range(4))],
         )
         raced = False
-        for source_id, sector_id in cur.fetchall():
+        for source_id, sector_id, district in cur.fetchall():
             self._source_sectors[str(source_id)] = str(sector_id)
+            batch.source_districts[str(source_id)] = None if district is None else str(district)
             if batch.source_sectors.get(str(source_id)) != sector_id:
                 raced = True
         if raced:
@@ -683,18 +686,23 @@ class Writer:
             for sid, _, _, ts, value in out:
                 cp.write_row((ts, sid, value))
         if self.track_new:
-            self._known_before(cur, batch)
+            self._known_before(cur, batch, set(series.values()))
         cur.execute(MOVE_STAGE)
         batch.stored = max(cur.rowcount, 0)
 
     @staticmethod
-    def _known_before(cur: psycopg.Cursor[tuple[object, ...]], batch: Batch) -> None:
+    def _known_before(
+        cur: psycopg.Cursor[tuple[object, ...]], batch: Batch, stored_series: set[int]
+    ) -> None:
         """Tell the hooks, per series, the newest reading stored before this batch and which
         of the batch's readings were stored already (only a series whose batch reaches back to
         its newest reading can hold any: in-order data costs one index probe a series)."""
         oldest = {sid: min(entry[2])[0] for sid, entry in batch.series.items()}
-        cur.execute(NEWEST_BEFORE, (list(oldest),))
-        newest = dict(cast(list[tuple[int, datetime | None]], cur.fetchall()))
+        known_series = [sid for sid in oldest if sid in stored_series]
+        newest: dict[int, datetime | None] = {}
+        if known_series:  # a series this batch created holds nothing older
+            cur.execute(NEWEST_BEFORE, (known_series,))
+            newest = dict(cast(list[tuple[int, datetime | None]], cur.fetchall()))
         batch.newest_before = newest
         overlapping = [
             sid
