@@ -90,6 +90,14 @@ SELECT min(condition_started_at) FROM alert
 WHERE cause_key = %s AND NOT retracted AND condition_started_at <= %s
   AND coalesce(condition_ended_at, 'infinity') >= %s
 """
+# which of these causes have an alert whose condition overlaps the given reading-time range
+_COVERED: Final = """
+SELECT DISTINCT a.cause_key FROM alert a
+JOIN unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS k(cause_key, lo, hi)
+  ON a.cause_key = k.cause_key AND a.condition_started_at <= k.hi
+ AND coalesce(a.condition_ended_at, 'infinity') >= k.lo
+WHERE NOT a.retracted
+"""
 _WINDOW: Final = "SELECT ts, value FROM reading WHERE series_id = %s AND ts > %s ORDER BY ts"
 _ALERTS_AFTER: Final = """
 SELECT id, status, resolved_by, condition_started_at, condition_ended_at FROM alert
@@ -331,7 +339,16 @@ class AlertEngine:
                 late = [r for r in readings if r[0] <= newest]
                 horizon = newest - timedelta(seconds=self.lateness_s)
                 kept = [r for r in late if r[0] >= horizon]
-                self.beyond_horizon += len(late) - len(kept)
+                if len(kept) < len(late):
+                    self.beyond_horizon += len(late) - len(kept)
+                    log.info(
+                        "late readings beyond the lateness horizon stored without alert evaluation",
+                        extra={
+                            "source": source,
+                            "metric": metric,
+                            "readings": len(late) - len(kept),
+                        },
+                    )
                 late = kept
             values = [v for _, v in fresh]
             high, low = (max(values), min(values)) if values else (None, None)
@@ -346,6 +363,7 @@ class AlertEngine:
         not in normal state. A quiet group in normal state stays normal: one locking read."""
         cur.execute(_LOCK_SOURCES, (sorted({w.source for w in work}),))
         rows: dict[tuple[int, str], tuple[Any, ...]] = {(r[0], r[1]): r for r in cur.fetchall()}
+        self._drop_harmless_late(cur, work, rows)
         active = [w for w in work if self._may_change(w, rows)]
         if not active:
             return
@@ -404,6 +422,46 @@ class AlertEngine:
                 ),
             )
         lifecycle.touch(cur, *touched)
+
+    @staticmethod
+    def _drop_harmless_late(
+        cur: lifecycle.Cursor, work: list[_Work], rows: Mapping[tuple[int, str], tuple[Any, ...]]
+    ) -> None:
+        """Forget late readings that cannot change anything, so they cost no re-evaluation: a
+        late reading that breaches no rule of its group matters only inside a stretch where
+        the condition held or was building up, that is before a rule that is not normal now
+        began, or inside the condition of one of the cause's alerts (one query a batch)."""
+        ask: list[_Work] = []
+        for w in work:
+            if not w.late or w.group.kind != "threshold":
+                continue
+            values = [v for _, v in w.late]
+            high, low = max(values), min(values)
+            if any(r.breached(high if r.direction == "above" else low) for r in w.group.rules):
+                continue
+            last = w.late[-1][0]
+            starts = [
+                row[3]
+                for r in w.group.rules
+                if (row := rows.get((r.id, w.source))) is not None and row[2] != "normal"
+            ]
+            if any(start is not None and start <= last for start in starts):
+                continue
+            ask.append(w)
+        if not ask:
+            return
+        cur.execute(
+            _COVERED,
+            (
+                [w.group.cause(w.source) for w in ask],
+                [w.late[0][0] for w in ask],
+                [w.late[-1][0] for w in ask],
+            ),
+        )
+        covered = {str(row[0]) for row in cur.fetchall()}
+        for w in ask:
+            if w.group.cause(w.source) not in covered:
+                w.late = []
 
     @staticmethod
     def _may_change(w: _Work, rows: Mapping[tuple[int, str], tuple[Any, ...]]) -> bool:
@@ -621,6 +679,7 @@ class AlertEngine:
                 free.remove(found)
             matches.append((span, found))
         detail = {"reason": "late readings"}
+        manual = any(r.manual_resolve for r in w.group.rules)
         for alert_id, status, resolved_by, _, _ in free:
             if status == "resolved" and resolved_by != ENGINE_ACTOR:
                 continue
@@ -639,7 +698,7 @@ class AlertEngine:
                 continue
             old_status, old_severity, moved = old
             if span.ended is not None:
-                if old_status != "resolved":
+                if old_status != "resolved" and not manual:
                     lifecycle.close(
                         cur,
                         alert_id,
