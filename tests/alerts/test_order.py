@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from alerts.engine import AlertEngine
 from ingest.items import Item
 from ingest.writer import Writer
 from tests.support.alerts import engine_writer, feed
@@ -99,6 +100,24 @@ def test_a_late_reading_that_completes_a_breach_opens_its_alert(synced_db: str) 
         feed(writer, message(source, [(0, 1.5)]))  # late: the breach began a minute earlier
     rows = alerts_of(synced_db, source)
     assert [(a[0], a[1], a[2], a[3]) for a in rows] == [(at(0), at(15), at(16), "resolved")]
+
+
+def test_a_reading_later_than_the_lateness_horizon_is_stored_but_not_judged_again(
+    synced_db: str,
+) -> None:
+    history = [(-1, 0.5)] + [(m, 1.5) for m in range(1, 16)] + [(16, 0.5), (136, 0.5)]
+    kept, dropped = unique("kept"), unique("dropped")
+    for source, lateness_s in ((kept, 86_400.0), (dropped, 3_600.0)):
+        with engine_writer(synced_db, lateness_s=lateness_s) as writer:
+            feed(writer, message(source, history))
+            feed(writer, message(source, [(0, 1.5)]))  # 136 minutes older than the newest
+            engine = writer.hooks[0]
+            assert isinstance(engine, AlertEngine)
+            assert engine.beyond_horizon == (1 if source == dropped else 0)
+    assert [(a[0], a[1], a[2]) for a in alerts_of(synced_db, kept)] == [(at(0), at(15), at(16))]
+    assert alerts_of(synced_db, dropped) == []
+    stored = query(synced_db, "SELECT count(*) FROM reading_named WHERE source_id = %s", (dropped,))
+    assert stored == [(len(history) + 1,)]
 
 
 def test_the_reopen_window_counts_in_reading_time_for_a_replayed_backlog(synced_db: str) -> None:
