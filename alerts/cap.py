@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from alerts.titles import SEVERITY_VI
+
 CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
 
 # CAP categories by sector (CAP 1.2 section 3.2.2, `category`)
@@ -58,9 +60,6 @@ MSG_TYPE: Final = MappingProxyType(
     }
 )
 ENDED: Final = frozenset({"resolved", "retracted"})  # nothing left to do: AllClear, Past
-SEVERITY_VI: Final = MappingProxyType(
-    {"critical": "nguy hiểm", "warning": "cảnh báo", "info": "thông tin"}
-)
 POINT_RADIUS_KM: Final = 0.5  # a sensor or camera: a small circle around it
 
 

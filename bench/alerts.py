@@ -9,7 +9,9 @@ Not a test: it prints figures. Usage (PostgreSQL reachable, `mosquitto` on PATH)
    one source) go through the ingest writer into two identical databases, one with the alert
    engine and 1,000 threshold rules (100 districts x 4 metrics, 2 to 3 rules per reading, about
    1 % of sources breaching), one with no rules. Rounds alternate; the medians are compared.
-2. Latency: a real `ioc ingest` worker consumes 10,000 readings/s of background telemetry
+2. Late readings: the same messages with the rules, each cut in 5 and delivered oldest part
+   first or newest part first; the rates are compared, and the alerts must be the same.
+3. Latency: a real `ioc ingest` worker consumes 10,000 readings/s of background telemetry
    from a broker of its own; every 200 ms a probe publishes one reading that opens an alert.
    The time from publish to the NOTIFY of its `opened` event, received by a LISTEN connection,
    gives p50/p99.
@@ -183,6 +185,58 @@ def measure_overhead(server: str, readings: int, rounds: int) -> None:
     )
 
 
+def split(
+    messages: Sequence[tuple[str, bytes]], parts: int, *, reverse: bool
+) -> list[tuple[str, bytes]]:
+    """Each message cut into `parts` messages of consecutive samples; with `reverse`, the
+    newest part first, so every later part holds readings older than ones already stored."""
+    out: list[tuple[str, bytes]] = []
+    for topic, payload in messages:
+        samples = orjson.loads(payload)
+        size = -(-len(samples) // parts)
+        pieces = [samples[i : i + size] for i in range(0, len(samples), size)]
+        if reverse:
+            pieces.reverse()
+        out.extend((topic, orjson.dumps(piece)) for piece in pieces)
+    return out
+
+
+def measure_late(server: str, readings: int, rounds: int) -> None:
+    """The cost of late readings: the same readings with 1,000 rules, each source's message cut
+    in 5, delivered oldest part first or newest part first (4 parts in 5 then arrive late)."""
+    rules = Rules.from_profile(load_profile(PROFILE))
+    count = readings // 100
+    rates: dict[str, list[float]] = {"in order": [], "late": []}
+    outcomes: dict[str, list[list[tuple[object, ...]]]] = {"in order": [], "late": []}
+    for r in range(rounds):
+        base = datetime.now(UTC) - timedelta(hours=20) + timedelta(minutes=r)
+        messages = payloads(count, base, seed=r)
+        for label, reverse in (("in order", False), ("late", True)):
+            with fresh_database(server, "alerts", f"late{r}_{int(reverse)}") as db_url:
+                setup(db_url, with_rules=True)
+                items = build(split(messages, 5, reverse=reverse), rules)
+                engine = AlertEngine(reopen_window_s=0)
+                rates[label].append(drain(db_url, items, engine=engine))
+                with psycopg.connect(libpq_url(db_url)) as conn:
+                    rows = conn.execute(
+                        "SELECT cause_key, condition_started_at, condition_fired_at, "
+                        "condition_ended_at, severity, peak_severity, status FROM alert "
+                        "WHERE NOT retracted ORDER BY cause_key, condition_started_at"
+                    ).fetchall()
+                    outcomes[label].append(list(rows))
+    print(f"late readings, {readings:,} readings in 20-reading messages, {rounds} rounds each")
+    for label, values in rates.items():
+        shown = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"  {label:<9} median {statistics.median(values):>10,.0f} readings/s  ({shown})")
+    ratio = statistics.median(rates["in order"]) / statistics.median(rates["late"])
+    same = outcomes["in order"] == outcomes["late"]
+    counts = [len(a) for a in outcomes["late"]]
+    print(
+        f"  late costs {ratio:.2f}x; alerts per round {counts}, "
+        f"{'the same' if same else 'NOT the same'} as in order"
+    )
+
+
 def measure_latency(server: str, seconds: float, background_rate: float, tmp: Path) -> None:
     with (
         EmbeddedBroker(tmp / "mqtt", kind="mosquitto") as broker,
@@ -296,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.latency_seconds /= 3
     print(f"ioc alerts benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores")
     measure_overhead(args.database_url, args.readings, args.rounds)
+    measure_late(args.database_url, args.readings, args.rounds)
     with tempfile.TemporaryDirectory(prefix="ioc-bench-") as tmp:
         measure_latency(args.database_url, args.latency_seconds, args.background_rate, Path(tmp))
     return 0
