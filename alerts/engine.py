@@ -14,6 +14,7 @@ their condition times by reading time, do not depend on the order readings arriv
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,10 @@ RULES_CHECK_S: Final = 5.0
 DISTRICT_CACHE_S: Final = 60.0
 ENGINE_ACTOR: Final = "engine"
 LATENESS_S: Final = 86_400.0
-MAX_CHAIN: Final = 16  # alerts followed back through reopen windows before giving up
+MAX_CHAIN: Final = 16
+_VALUE: Final = operator.itemgetter(
+    1
+)  # alerts followed back through reopen windows before giving up
 
 _LOAD_RULES: Final = """
 SELECT id, name, kind, sector_id, severity, metric, direction, threshold, inclusive, for_s,
@@ -290,7 +294,10 @@ class AlertEngine:
             if work:
                 self._groups(cur, work, counts)
             # silence ends with readings only, never with a status ping or an event
-            sources = {source for _, source, _, _, _ in batch.readings}
+            if batch.known is not None:
+                sources = {entry[0] for entry in batch.series.values()}
+            else:
+                sources = {source for _, source, _, _, _ in batch.readings}
             self._silence_recovered(cur, index, batch.source_sectors, sources, counts)
             self._events(cur, index, batch.events, counts)
         return Outcome(
@@ -350,7 +357,7 @@ class AlertEngine:
                         },
                     )
                 late = kept
-            values = [v for _, v in fresh]
+            values = list(map(_VALUE, fresh))
             high, low = (max(values), min(values)) if values else (None, None)
             for group in groups:
                 out.append(_Work(group, source, metric, sid, fresh, late, high, low))
