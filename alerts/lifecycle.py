@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts.rules import SEVERITY_RANK
 from ioc.errors import IocError
 
 EventKind = Literal[
@@ -90,7 +91,12 @@ def _lock_cause(cur: Cursor, key: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
 
-_RANK_SQL: Final = "CASE {} WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END"
+# a severity's rank in SQL, from the one table of ranks
+_RANK_SQL: Final = (
+    "CASE {} "
+    + " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in SEVERITY_RANK.items())
+    + " ELSE -1 END"
+)
 _INSERT_ALERT: Final = (
     "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
     "event_id, severity, peak_severity, title, title_en, last_value, last_seen_at, "
@@ -143,7 +149,7 @@ _CHANGE_SEVERITY: Final = (
 
 def rank(severity: str | None) -> int:
     """Severities in order: info 0, warning 1, critical 2 (none: -1)."""
-    return {"info": 0, "warning": 1, "critical": 2}.get(severity or "", -1)
+    return SEVERITY_RANK.get(severity or "", -1)
 
 
 def fire(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def message(source: str, samples: list[tuple[float, float]], metric: str = "salinity") -> Item:
+def message(source: str, samples: Sequence[tuple[float, float]], metric: str = "salinity") -> Item:
     body = [{"ts": int(at(m).timestamp() * 1000), "values": {metric: v}} for m, v in samples]
     return make_item(f"ioc/v1/water/{source}/telemetry", body)
 
@@ -46,9 +47,11 @@ def alerts_of(db_url: str, source: str) -> list[tuple[Any, ...]]:
     )
 
 
-def sorted_run(writer: Writer, samples: list[tuple[float, float]]) -> str:
+def sorted_run(
+    writer: Writer, samples: Sequence[tuple[float, float]], metric: str = "salinity"
+) -> str:
     source = unique("sorted")
-    feed(writer, message(source, sorted(samples)))
+    feed(writer, message(source, sorted(samples), metric))
     return source
 
 
@@ -145,16 +148,21 @@ def test_the_reopen_window_counts_in_reading_time_for_a_replayed_backlog(synced_
 
 # -- the property ----------------------------------------------------------------------------
 
-VALUES = (0.5, 0.9, 1.2, 3.7, 4.5)  # below clear, band, warning, critical band, critical
+VALUES = {
+    # below clear, band, warning, critical band, critical (15 minutes each, hysteresis)
+    "salinity": (0.5, 0.9, 1.2, 3.7, 4.5),
+    # at once, no hysteresis: below, at (> 100 breaches), above
+    "rainfall_24h": (50.0, 100.0, 150.0),
+}
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[tuple[float, float]]:
+def histories(draw: st.DrawFn, values: tuple[float, ...]) -> list[tuple[float, float]]:
     """Readings of one sensor in runs of one value, every 1 to 3 minutes."""
     out: list[tuple[float, float]] = []
     minute = 0
     for _ in range(draw(st.integers(1, 6))):
-        value = draw(st.sampled_from(VALUES))
+        value = draw(st.sampled_from(values))
         for _ in range(draw(st.integers(1, 12))):
             out.append((float(minute), value))
             minute += draw(st.integers(1, 3))
@@ -174,21 +182,22 @@ def arrivals(
     return [list(order[a:b]) for a, b in itertools.pairwise(bounds) if order[a:b]]
 
 
+@pytest.mark.parametrize("metric", sorted(VALUES))
 @settings(
-    max_examples=int(os.environ.get("IOC_ORDER_EXAMPLES", "120")),
+    max_examples=int(os.environ.get("IOC_ORDER_EXAMPLES", "80")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
 def test_any_split_and_order_with_duplicates_gives_the_alerts_of_one_sorted_batch(
-    synced_db: str, data: st.DataObject
+    synced_db: str, metric: str, data: st.DataObject
 ) -> None:
-    samples = data.draw(histories())
+    samples = data.draw(histories(VALUES[metric]))
     batches = data.draw(arrivals(samples))
     with engine_writer(synced_db, reopen_window_s=REOPEN_S) as writer:
-        expected = alerts_of(synced_db, sorted_run(writer, samples))
+        expected = alerts_of(synced_db, sorted_run(writer, samples, metric))
         source = unique("arrived")
-        feed(writer, *(message(source, batch) for batch in batches))
+        feed(writer, *(message(source, batch, metric) for batch in batches))
     event(f"{len(expected)} alert(s), {len(batches)} message(s)")
     assert alerts_of(synced_db, source) == expected
     active = query(
