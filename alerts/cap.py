@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from alerts.titles import SEVERITY_VI
+from ioc.vocabulary import OPERATORS, operator_symbol
 
 CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
 
@@ -246,7 +247,6 @@ WHERE e.id = %s
 """
 
 
-_OPERATORS: Final = frozenset({">", ">=", "<", "<="})
 _READING_EVENTS: Final = frozenset({"opened", "updated", "reopened", "raised", "lowered"})
 
 
@@ -270,13 +270,13 @@ def load(
     m: dict[str, Any] = next((x for x in metrics or () if x.get("id") == metric), {})
     op = None
     if direction is not None:
-        op = (">" if direction == "above" else "<") + ("=" if inclusive else "")
+        op = operator_symbol(direction, bool(inclusive))
     # an event about a breaching reading carries that reading and the limit it crossed (a
     # severity change moves the alert to another rule of its group); others show the latest
     detail = detail if isinstance(detail, dict) and kind in _READING_EVENTS else {}
     if _is_number(detail.get("value")):
         value = float(detail["value"])
-        if _is_number(detail.get("threshold")) and detail.get("operator") in _OPERATORS:
+        if _is_number(detail.get("threshold")) and detail.get("operator") in OPERATORS:
             threshold, op = float(detail["threshold"]), str(detail["operator"])
     names = {d.id: d for d in districts}
     d = names.get(district)

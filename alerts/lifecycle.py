@@ -15,8 +15,8 @@ from typing import Any, Final, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts.rules import SEVERITY_RANK
 from ioc.errors import IocError
+from ioc.vocabulary import SEVERITY_RANK
 
 EventKind = Literal[
     "opened",

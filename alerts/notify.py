@@ -27,10 +27,10 @@ from typing import Any, Final
 import orjson
 import psycopg
 
-from alerts.rules import SEVERITY_RANK
 from ioc.db import libpq_url
 from ioc.mqtt import Protocol, paho_client, parse_mqtt_url, process_client_id
 from ioc.settings import WebhookConfig
+from ioc.vocabulary import SEVERITY_RANK, TOPIC_ROOT
 
 log = logging.getLogger("ioc.alerts.notify")
 
@@ -40,7 +40,7 @@ BACKOFF_MAX_S: Final = 300.0
 IDLE_POLL_S: Final = 5.0
 HTTP_TIMEOUT_S: Final = 10.0
 SIGNATURE_HEADER: Final = "X-IOC-Signature"
-MQTT_TOPIC_PREFIX: Final = "ioc/v1/alerts"
+MQTT_TOPIC_PREFIX: Final = f"{TOPIC_ROOT}/alerts"
 
 _PENDING: Final = """
 SELECT e.id, e.kind, e.severity, e.status, e.actor, e.detail, e.at,

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Final, Literal
 
-RuleKind = Literal["threshold", "silence", "event", "deviation"]
-Severity = Literal["info", "warning", "critical"]
-Direction = Literal["above", "below"]
-
-SEVERITY_RANK: Final[Mapping[str, int]] = MappingProxyType({"info": 0, "warning": 1, "critical": 2})
-OPERATORS: Final[Mapping[str, tuple[Direction, bool]]] = MappingProxyType(
-    {">": ("above", False), ">=": ("above", True), "<": ("below", False), "<=": ("below", True)}
+from ioc.vocabulary import (
+    OPERATORS,
+    SEVERITY_RANK,
+    DirectionName,
+    SeverityName,
+    breaches,
+    operator_symbol,
 )
+
+__all__ = ["OPERATORS", "SEVERITY_RANK", "Direction", "Group", "Rule", "RuleIndex", "Severity"]
+
+RuleKind = Literal["threshold", "silence", "event", "deviation"]
+Severity = SeverityName
+Direction = DirectionName
 
 # silence: the default allowance is this many expected reporting intervals
 SILENCE_FACTOR_DEFAULT: Final = 3.0
@@ -51,15 +56,13 @@ class Rule:
         """The comparison as an operator symbol (`>`, `>=`, `<`, `<=`)."""
         if self.direction is None:
             return ""
-        return {"above": ">", "below": "<"}[self.direction] + ("=" if self.inclusive else "")
+        return operator_symbol(self.direction, self.inclusive)
 
     def breached(self, value: float) -> bool:
         """Whether a value is on the abnormal side of the threshold."""
-        if self.value is None:
+        if self.value is None or self.direction is None:
             return False
-        if self.direction == "above":
-            return value >= self.value if self.inclusive else value > self.value
-        return value <= self.value if self.inclusive else value < self.value
+        return breaches(value, self.direction, self.value, self.inclusive)
 
     def cleared(self, value: float) -> bool:
         """Whether a value ends a firing condition: past the clear value (hysteresis), or

@@ -8,7 +8,7 @@ Text is refused (never stripped) when PostgreSQL could not store it: a NUL chara
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 from ingest import reasons
 from ingest.timestamps import parse_time
 from ioc.errors import DecodeError
+from ioc.vocabulary import SeverityName
 
 MAX_ATTRIBUTE_DEPTH: Final = 16
 TIME_ERROR: Final = reasons.BAD_TIME
@@ -74,7 +75,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.\-]*$")
-    severity: Literal["info", "warning", "critical"]
+    severity: SeverityName
     title: Text = Field(min_length=1, max_length=300)
     description: Text | None = Field(default=None, max_length=10_000)
     location: EventLocation | str | None = None

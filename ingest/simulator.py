@@ -40,10 +40,10 @@ from ingest.simulator_curves import (
 from ioc.catalogue import Profile
 from ioc.errors import BrokerError, ConfigError
 from ioc.mqtt import Protocol, paho_client, parse_mqtt_url
+from ioc.vocabulary import TOPIC_ROOT
 
 log = logging.getLogger(__name__)
 
-TOPIC_ROOT = "ioc/v1"
 QOS = 1
 SENML_SHARE = 0.10
 BAD_FRACTION = 0.005

@@ -18,8 +18,9 @@ from functools import partial
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from ioc.catalogue import Direction, Metric, Profile, Severity, Threshold
+from ioc.catalogue import Metric, Profile, Threshold
 from ioc.errors import ConfigError
+from ioc.vocabulary import Direction, Severity
 
 HOUR_S = 3600
 # Tidal constituents of the South China Sea coast: M2 (lunar semi-diurnal) dominates the

@@ -10,8 +10,9 @@ from typing import Final
 from ingest import reasons
 from ioc.errors import DecodeError
 from ioc.settings import SubscriptionMode
+from ioc.vocabulary import TOPIC_ROOT
 
-PREFIX: Final = "ioc/v1/"
+PREFIX: Final = f"{TOPIC_ROOT}/"
 KINDS: Final = ("telemetry", "senml", "status", "event")
 SHARE_GROUP: Final = "ioc-ingest"
 PLAIN_SUBSCRIPTION: Final = f"{PREFIX}+/+/+"

@@ -9,7 +9,6 @@ of its own.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -20,26 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ioc.errors import ProfileError
+from ioc.vocabulary import Direction, Severity, breaches
 
 CATALOGUE_FILE = "catalogue.yaml"
 _ID_RE = r"^[a-z][a-z0-9_]{0,62}$"
 _PROFILE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 Ident = Annotated[str, Field(pattern=_ID_RE)]
-
-
-class Severity(StrEnum):
-    """Alert severity, lowest first."""
-
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-
-class Direction(StrEnum):
-    """Which side of the threshold value is abnormal."""
-
-    ABOVE = "above"
-    BELOW = "below"
 
 
 class _Strict(BaseModel):
@@ -74,9 +59,7 @@ class Threshold(_Strict):
 
     def breached(self, value: float) -> bool:
         """Whether one value is on the abnormal side of this threshold."""
-        if self.direction is Direction.ABOVE:
-            return value >= self.value if self.inclusive else value > self.value
-        return value <= self.value if self.inclusive else value < self.value
+        return breaches(value, self.direction, self.value, self.inclusive)
 
 
 class Band(_Strict):

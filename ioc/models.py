@@ -25,9 +25,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ioc.db import Base
+from ioc.vocabulary import SEVERITIES
 
 SOURCE_STATUSES = ("online", "offline", "unknown")
-SEVERITIES = ("info", "warning", "critical")
 ALERT_STATUSES = ("open", "acknowledged", "resolved")
 ROLES = ("admin", "operator", "analyst", "agency", "viewer")
 

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from ioc.catalogue import Profile
+from ioc.vocabulary import operator_symbol
 
 # the columns that define a rule (what the digest covers)
 DEFINITION: Final = (
@@ -65,8 +66,7 @@ def seeds(profile: Profile) -> dict[str, dict[str, Any]]:
                 key = f"{sector.id}/{metric.id}/{t.direction.value}/{t.severity.value}"
                 out[key] = _rule(
                     name=f"{sector.id}.{metric.id} {t.severity.value} "
-                    f"{'>' if t.direction.value == 'above' else '<'}"
-                    f"{'=' if t.inclusive else ''} {t.value:g} {metric.unit}",
+                    f"{operator_symbol(t.direction, t.inclusive)} {t.value:g} {metric.unit}",
                     kind="threshold",
                     sector_id=sector.id,
                     metric=metric.id,

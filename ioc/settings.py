@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ioc.errors import ConfigError
+from ioc.vocabulary import SeverityName
 
 ENV_PREFIX = "IOC_"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg")
@@ -52,7 +53,7 @@ class WebhookConfig(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     url: str = Field(pattern=r"^https?://")
     secret: SecretStr | None = None
-    min_severity: str = Field(default="info", pattern=r"^(info|warning|critical)$")
+    min_severity: SeverityName = "info"
     sectors: tuple[str, ...] = ()
 
 

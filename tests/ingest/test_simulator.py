@@ -41,10 +41,11 @@ from ingest.simulator_curves import (
     is_count,
     plan_sources,
 )
-from ioc.catalogue import Profile, Severity, load_profile
+from ioc.catalogue import Profile, load_profile
 from ioc.embedded_pg import free_port
 from ioc.errors import BrokerError, ConfigError
 from ioc.mqtt import paho_client, parse_mqtt_url
+from ioc.vocabulary import Severity
 
 PROFILES = ("mekong", "bac-lieu", "binh-phuoc")
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from ioc.catalogue import Direction, Severity, bundled_profile_names, load_catalogue, load_profile
+from ioc.catalogue import bundled_profile_names, load_catalogue, load_profile
 from ioc.errors import ProfileError
+from ioc.vocabulary import (
+    OPERATORS,
+    SEVERITIES,
+    Direction,
+    DirectionName,
+    Severity,
+    SeverityName,
+    breaches,
+    operator_symbol,
+)
 
 BAC_LIEU = [
     "citizen_reports",
@@ -144,3 +155,16 @@ def test_unknown_fields_and_bad_yaml_are_refused(tmp_path: Path) -> None:
 def test_unknown_profile_name_lists_the_bundled_ones() -> None:
     with pytest.raises(ProfileError, match="bac-lieu"):
         load_profile("atlantis")
+
+
+def test_the_shared_vocabulary_agrees_with_itself() -> None:
+    """One definition of severities and directions: the enums, the type names and the ranks."""
+    assert get_args(SeverityName) == tuple(s.value for s in Severity) == SEVERITIES
+    assert get_args(DirectionName) == tuple(d.value for d in Direction)
+    assert [s.rank for s in Severity] == [0, 1, 2]
+    assert {operator_symbol(d, i): (d, i) for d, i in OPERATORS.values()} == dict(OPERATORS)
+    for symbol, (direction, inclusive) in OPERATORS.items():
+        assert operator_symbol(direction, inclusive) == symbol
+        assert breaches(4.0, direction, 4.0, inclusive) is inclusive
+    assert breaches(5.0, "above", 4.0, False) and breaches(3.0, "below", 4.0, False)
+    assert not breaches(3.0, "above", 4.0, True) and not breaches(5.0, "below", 4.0, True)

@@ -1,0 +1,61 @@
+"""The words every layer shares, defined once: alert severities and their order, the sides of a
+threshold and its operator symbols, and the root of the MQTT topics. The catalogue, the models,
+ingest, the alert engine and the API import them from here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final, Literal
+
+
+class Severity(StrEnum):
+    """Alert severity, lowest first."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return SEVERITY_RANK[self.value]
+
+
+# the same names as a type, for values kept as plain strings (a test checks they agree)
+SeverityName = Literal["info", "warning", "critical"]
+SEVERITIES: Final[tuple[str, ...]] = tuple(s.value for s in Severity)
+SEVERITY_RANK: Final[Mapping[str, int]] = MappingProxyType(
+    {name: rank for rank, name in enumerate(SEVERITIES)}
+)
+
+
+class Direction(StrEnum):
+    """Which side of a threshold value is abnormal."""
+
+    ABOVE = "above"
+    BELOW = "below"
+
+
+DirectionName = Literal["above", "below"]
+
+# operator symbol: (direction, inclusive)
+OPERATORS: Final[Mapping[str, tuple[DirectionName, bool]]] = MappingProxyType(
+    {">": ("above", False), ">=": ("above", True), "<": ("below", False), "<=": ("below", True)}
+)
+
+
+def operator_symbol(direction: str, inclusive: bool) -> str:
+    """`>`, `>=`, `<` or `<=` for a threshold's direction and inclusiveness."""
+    return (">" if direction == Direction.ABOVE else "<") + ("=" if inclusive else "")
+
+
+def breaches(value: float, direction: str, limit: float, inclusive: bool) -> bool:
+    """Whether a value is on the abnormal side of a threshold."""
+    if direction == Direction.ABOVE:
+        return value >= limit if inclusive else value > limit
+    return value <= limit if inclusive else value < limit
+
+
+# telemetry on `ioc/v1/{sector}/{source}/{kind}`, alert events on `ioc/v1/alerts/...`
+TOPIC_ROOT: Final = "ioc/v1"
