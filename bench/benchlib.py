@@ -14,6 +14,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alerts.seed import seed_rules
 from ioc.db import libpq_url
 from ioc.runtime import ensure_database, prepare
 from ioc.settings import Settings
@@ -27,7 +28,7 @@ def fresh_database(server_url: str, bench: str, tag: str) -> Iterator[str]:
     name = f"bench_{bench}_{os.getpid()}_{tag}"
     url = ensure_database(server_url, name)
     try:
-        prepare(url, Settings(profile=PROFILE))
+        prepare(url, Settings(profile=PROFILE), then=seed_rules)
         yield url
     finally:
         with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:

@@ -337,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
     from benchlib import fresh_database
     from pydantic import SecretStr
 
+    from alerts.seed import seed_rules
     from ioc.embedded_broker import EmbeddedBroker
     from ioc.mqtt import end_session
     from ioc.runtime import prepare
@@ -375,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         prep = []
         for _ in range(3):
             t0 = time.monotonic()
-            prepare(db_url, settings)
+            prepare(db_url, settings, then=seed_rules)
             prep.append(time.monotonic() - t0)
         row("prepare() at head (migrations, sync)", median_ms(prep))
         # a session with a backlog: the broker sends it first, the SUBACK comes after

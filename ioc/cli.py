@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -21,8 +21,11 @@ from ioc.catalogue import Profile, bundled_profile_names, load_profile
 from ioc.db import redact
 from ioc.errors import ConfigError, IocError
 from ioc.logs import configure_logging
-from ioc.runtime import database, prepare
+from ioc.runtime import Prepared, database, prepare
 from ioc.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from alerts.seed import SeedReport
 
 app = typer.Typer(
     help="ioc: engine of a provincial Intelligent Operations Center.",
@@ -48,6 +51,14 @@ def _settings() -> Settings:
     return settings
 
 
+def _prepare(url: str, settings: Settings, profile: Profile | None = None) -> Prepared[SeedReport]:
+    """Start-up as the composition root does it: migrate, sync the profile, then seed the
+    profile's alert rules (`alerts.seed`), in one transaction."""
+    from alerts.seed import seed_rules
+
+    return prepare(url, settings, profile, then=seed_rules)
+
+
 # --- db ------------------------------------------------------------------------------------
 
 
@@ -59,14 +70,16 @@ def db_upgrade(
     settings = _settings()
     with database(settings) as url:
         if revision == "head":
-            done = prepare(url, settings)
+            done = _prepare(url, settings)
+            rules = done.then
+            assert rules is not None
             console.print(
                 f"database {redact(url)} at revision [bold]{done.revision}[/]; profile "
                 f"[bold]{done.sync.profile}[/]: {done.sync.sectors_written} sector(s) written, "
                 f"{done.sync.sectors_deactivated} deactivated; alert rules: "
-                f"{done.sync.rules.inserted} added, {done.sync.rules.updated} updated, "
-                f"{done.sync.rules.kept_operator_changes} kept as an operator changed them, "
-                f"{done.sync.rules.disabled} disabled"
+                f"{rules.inserted} added, {rules.updated} updated, "
+                f"{rules.kept_operator_changes} kept as an operator changed them, "
+                f"{rules.disabled} disabled"
             )
         else:
             migrate.upgrade(
@@ -213,7 +226,7 @@ def serve(
     settings = _settings()
     _exit_on_sigterm()
     with database(settings) as url:
-        prepare(url, settings)
+        _prepare(url, settings)
         _hand_over(url)
         stop = threading.Event()
         threads = _start_workers(settings, url, stop) if with_workers else []
@@ -283,7 +296,7 @@ def ingest(
     profile = load_profile(settings.profile)
     assignments_for(settings, profile, workers)  # a layout that cannot work stops here
     with database(settings) as url:
-        prepare(url, settings, profile)  # the pool migrates and syncs; its workers need not
+        _prepare(url, settings, profile)  # the pool migrates and syncs; its workers need not
         _hand_over(url, mqtt_url)
         run_pool(settings, database_url=url, mqtt_url=mqtt_url, profile=profile, workers=workers)
 
@@ -305,7 +318,7 @@ def ingest_retire(
     profile = load_profile(settings.profile)
     stop = stop_on_signals()
     with database(settings) as url:
-        prepare(url, settings, profile)
+        _prepare(url, settings, profile)
         for client_id in client_ids:
             done = retire(
                 settings,
@@ -335,7 +348,7 @@ def alerts_command(
     settings = _settings()
     _exit_on_sigterm()
     with database(settings) as url:
-        prepare(url, settings)
+        _prepare(url, settings)
         sweeper = Sweeper(url, sweep_config(settings), interval_s=settings.alerts_sweep_interval_s)
         stop = threading.Event()
         if once:
@@ -432,7 +445,7 @@ def demo(
     profile = load_profile(settings.profile)
     _exit_on_sigterm()
     with database(settings) as url:
-        done = prepare(url, settings, profile)
+        done = _prepare(url, settings, profile)
         broker = None
         mqtt_url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else None
         if mqtt_url is None:

@@ -1,14 +1,16 @@
-"""Start-up of a process: find or start the database, migrate it, sync the profile."""
+"""Start-up of a process: find or start the database, migrate it, sync the profile (and, given
+by the composition root, what else follows the profile: the alert rules)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -22,6 +24,8 @@ from ioc.storage import ensure_retention_policy
 from ioc.sync import SyncReport, sync_profile
 
 EMBEDDED_DATABASE = "ioc"
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -47,17 +51,25 @@ def ensure_database(server_url: str, name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Prepared(Generic[T]):
     """What start-up did to the database."""
 
     url: str
     revision: str | None
     sync: SyncReport
     retention_changed: bool
+    then: T | None = None  # what `then` reported
 
 
-def prepare(url: str, settings: Settings, profile: Profile | None = None) -> Prepared:
-    """Migrate to head, sync the profile and the retention policy (idempotent)."""
+def prepare(
+    url: str,
+    settings: Settings,
+    profile: Profile | None = None,
+    *,
+    then: Callable[[Connection, Profile], T] | None = None,
+) -> Prepared[T]:
+    """Migrate to head, sync the profile and the retention policy, then run `then` (the
+    composition root passes the alert rule seeding) in the same transaction (idempotent)."""
     profile = profile or load_profile(settings.profile)
     migrate.upgrade(url, timescale=settings.timescale, retention_days=settings.retention_days)
     engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
@@ -65,8 +77,9 @@ def prepare(url: str, settings: Settings, profile: Profile | None = None) -> Pre
         with engine.begin() as conn:
             report = sync_profile(conn, profile)
             changed = ensure_retention_policy(conn, settings.retention_days)
+            after = then(conn, profile) if then is not None else None
     except SQLAlchemyError as exc:
         raise DatabaseError(f"profile sync on {redact(url)} failed: {exc}") from None
     finally:
         engine.dispose()
-    return Prepared(url, migrate.current(url), report, changed)
+    return Prepared(url, migrate.current(url), report, changed, after)

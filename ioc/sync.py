@@ -1,4 +1,5 @@
-"""Write the active profile into the database, idempotently, at upgrade and at every start."""
+"""Write the active profile's sectors into the database, idempotently, at upgrade and at every
+start (the composition root then seeds the profile's alert rules: `alerts.seed`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import orjson
 from sqlalchemy import Connection, text
 
 from ioc.catalogue import Profile
-from ioc.rule_seed import SeedReport, seed_rules
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,6 @@ class SyncReport:
     profile: str
     sectors_written: int
     sectors_deactivated: int
-    rules: SeedReport
 
 
 _UPSERT_SECTOR = text(
@@ -41,8 +40,8 @@ _UPSERT_SECTOR = text(
 
 
 def sync_profile(conn: Connection, profile: Profile) -> SyncReport:
-    """Upsert the profile's sectors and seed its alert rules; sectors no longer in it stay
-    (sources refer to them) but are marked inactive. The caller owns the transaction."""
+    """Upsert the profile's sectors; sectors no longer in it stay (sources refer to them) but are
+    marked inactive. The caller owns the transaction."""
     written = 0
     for sector in profile.sectors:
         result = conn.execute(
@@ -69,5 +68,4 @@ def sync_profile(conn: Connection, profile: Profile) -> SyncReport:
         ),
         {"ids": ids},
     )
-    rules = seed_rules(conn, profile)
-    return SyncReport(profile.name, written, gone.rowcount, rules)
+    return SyncReport(profile.name, written, gone.rowcount)

@@ -16,6 +16,7 @@ import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from alerts.seed import seed_rules
 from ingest.consumer import Consumer, ConsumerConfig
 from ingest.items import Item, build_item
 from ingest.validation import Rules
@@ -31,11 +32,12 @@ RULES = Rules.from_profile(PROFILE)
 
 
 def sync(db_url: str, profile: Profile = PROFILE) -> None:
-    """Write the profile's sectors into the database, as `ioc db upgrade` does."""
+    """Write the profile's sectors and seed its alert rules, as `ioc db upgrade` does."""
     engine = create_engine(sqlalchemy_url(db_url), poolclass=NullPool)
     try:
         with engine.begin() as conn:
             sync_profile(conn, profile)
+            seed_rules(conn, profile)
     finally:
         engine.dispose()
 

@@ -15,6 +15,7 @@ from typing import Any, Final
 import orjson
 from sqlalchemy import Connection, text
 
+from alerts.rules import SILENCE_FACTOR_DEFAULT
 from ioc.catalogue import Profile
 from ioc.vocabulary import operator_symbol
 
@@ -36,7 +37,6 @@ DEFINITION: Final = (
     "manual_resolve",
     "enabled",
 )
-SILENCE_FACTOR: Final = 3
 EVENT_MIN_SEVERITY: Final = "warning"
 
 
@@ -82,7 +82,7 @@ def seeds(profile: Profile) -> dict[str, dict[str, Any]]:
             kind="silence",
             sector_id=sector.id,
             severity="warning",
-            params={"factor": SILENCE_FACTOR},
+            params={"factor": int(SILENCE_FACTOR_DEFAULT)},
         )
         out[f"{sector.id}/events"] = _rule(
             name=f"{sector.id} agency event",
