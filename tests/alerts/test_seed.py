@@ -48,14 +48,21 @@ def test_rules_are_seeded_from_the_profile_once(db_url: str) -> None:
     assert (again.inserted, again.updated, again.disabled) == (0, 0, 0)
 
 
-def test_an_operator_change_to_a_seeded_rule_survives_a_restart(db_url: str) -> None:
+def _operator_changes(db_url: str, *statements: str) -> None:
+    """Mekong's rules seeded, then changed as an operator would."""
     _sync(db_url, "mekong")
     with psycopg.connect(libpq_url(db_url)) as conn:
-        conn.execute(
-            "UPDATE alert_rule SET threshold = 1.5, for_s = 300 "
-            "WHERE seed_key = 'water/salinity/above/warning'"
-        )
-        conn.execute("UPDATE alert_rule SET enabled = false WHERE seed_key = 'water/silence'")
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_an_operator_change_to_a_seeded_rule_survives_a_restart(db_url: str) -> None:
+    _operator_changes(
+        db_url,
+        "UPDATE alert_rule SET threshold = 1.5, for_s = 300 "
+        "WHERE seed_key = 'water/salinity/above/warning'",
+        "UPDATE alert_rule SET enabled = false WHERE seed_key = 'water/silence'",
+    )
     report = _sync(db_url, "mekong")
     assert report.kept_operator_changes == 2
     rules = _rules(db_url)
@@ -64,12 +71,11 @@ def test_an_operator_change_to_a_seeded_rule_survives_a_restart(db_url: str) -> 
 
 
 def test_rules_of_a_dropped_profile_are_disabled_unless_changed(db_url: str) -> None:
-    _sync(db_url, "mekong")
-    with psycopg.connect(libpq_url(db_url)) as conn:
-        conn.execute(
-            "UPDATE alert_rule SET severity = 'critical' "
-            "WHERE seed_key = 'water/salinity/above/warning'"
-        )
+    _operator_changes(
+        db_url,
+        "UPDATE alert_rule SET severity = 'critical' "
+        "WHERE seed_key = 'water/salinity/above/warning'",
+    )
     report = _sync(db_url, "bac-lieu")
     rules = _rules(db_url)
     assert report.disabled > 0
