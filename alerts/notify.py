@@ -17,13 +17,12 @@ import logging
 import threading
 import time
 import typing
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import httpx
 import orjson
 import psycopg
 
@@ -135,6 +134,8 @@ class WebhookChannel:
         self.config = config
         self.name = f"webhook:{config.name}"
         self.timeout_s = timeout_s
+        # one client per channel: its connection is kept between deliveries
+        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False)
 
     def wants(self, doc: dict[str, Any]) -> bool:
         alert = doc["alert"]
@@ -158,20 +159,20 @@ class WebhookChannel:
         signature = self.signature(body)
         if signature is not None:
             headers[SIGNATURE_HEADER] = signature
-        request = urllib.request.Request(  # noqa: S310 (the scheme is checked: http or https)
-            self.config.url, data=body, headers=headers, method="POST"
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-                return Outcome(True, status_code=response.status)
-        except urllib.error.HTTPError as exc:
-            permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-            return Outcome(False, retry=not permanent, status_code=exc.code, error=str(exc))
-        except (urllib.error.URLError, OSError) as exc:
-            return Outcome(False, error=str(exc)[:500])
+            response = self._http.post(self.config.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:500])
+        code = response.status_code
+        if response.is_success:
+            return Outcome(True, status_code=code)
+        # a refusal (4xx but timeout and too many requests) will not change by retrying
+        permanent = 400 <= code < 500 and code not in (408, 429)
+        error = f"HTTP {code} {response.reason_phrase}"
+        return Outcome(False, retry=not permanent, status_code=code, error=error)
 
     def close(self) -> None:
-        return None
+        self._http.close()
 
 
 class MqttChannel:

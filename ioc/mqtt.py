@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import struct
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,58 +49,37 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     )
 
 
-def _utf8(value: str) -> bytes:
-    raw = value.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(endpoint: MqttEndpoint, client_id: str) -> bytes:
-    """An MQTT 3.1.1 CONNECT packet with a clean session."""
-    flags = 0x02
-    payload = _utf8(client_id)
-    if endpoint.username is not None:
-        flags |= 0x80
-        payload += _utf8(endpoint.username)
-        if endpoint.password is not None:
-            flags |= 0x40
-            payload += _utf8(endpoint.password)
-    body = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", 10) + payload
-    return bytes([0x10]) + _remaining_length(len(body)) + body
+def check_broker(endpoint: MqttEndpoint, *, timeout_s: float = 3.0) -> None:
+    """Connect with paho, wait for the broker's CONNACK and disconnect; BrokerError says why
+    it failed (unreachable, silent, or refusing the login)."""
+    client = paho_client(endpoint, f"ioc-readyz-{os.urandom(4).hex()}")
+    client.connect_timeout = timeout_s
+    answers: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _flags, reason, _props=None: answers.append(reason)
+    where = f"{endpoint.host}:{endpoint.port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        client.connect(endpoint.host, endpoint.port, keepalive=max(5, int(timeout_s) + 1))
+        while not answers and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+    except OSError as exc:
+        raise BrokerError(f"broker {where} unreachable: {exc}") from None
+    finally:
+        if answers and not answers[0].is_failure:
+            client.disconnect()
+            client.loop(timeout=0.05)  # sends the DISCONNECT
+        sock = client.socket()
+        if sock is not None:
+            sock.close()  # a throwaway client: nothing else will close it
+    if not answers:
+        raise BrokerError(f"broker {where} did not answer")
+    if answers[0].is_failure:
+        raise BrokerError(f"broker {where} refused the connection: {answers[0]}")
 
 
 async def ping_broker(endpoint: MqttEndpoint, *, timeout_s: float = 3.0) -> None:
-    """Connect, log in and disconnect; BrokerError says why it failed."""
-    context = ssl.create_default_context() if endpoint.tls else None
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=context
-            )
-            try:
-                writer.write(connect_packet(endpoint, "ioc-readyz"))
-                await writer.drain()
-                connack = await reader.readexactly(4)
-                if connack[0] != 0x20:
-                    raise BrokerError(f"unexpected reply from broker: {connack[0]:#x}")
-                if connack[3] != 0:
-                    raise BrokerError(f"broker refused the connection (code {connack[3]})")
-                writer.write(b"\xe0\x00")
-                await writer.drain()
-            finally:
-                writer.close()
-    except TimeoutError:
-        raise BrokerError(f"broker {endpoint.host}:{endpoint.port} did not answer") from None
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        raise BrokerError(f"broker {endpoint.host}:{endpoint.port} unreachable: {exc}") from None
+    """`check_broker` off the event loop."""
+    await asyncio.to_thread(check_broker, endpoint, timeout_s=timeout_s)
 
 
 Protocol = Literal["5", "3.1.1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -123,3 +124,11 @@ def test_process_client_ids_differ_between_processes() -> None:
     assert here.startswith("ioc-alerts-") and there.startswith("ioc-alerts-")
     assert here != there
     assert here == process_client_id("ioc-alerts")  # stable within a process
+
+
+async def test_ping_a_listener_that_never_answers_fails_within_the_timeout() -> None:
+    """A port that accepts connections but says nothing (not a broker, or a hung one)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with pytest.raises(BrokerError, match="did not answer"):
+            await ping_broker(parse_mqtt_url(f"mqtt://127.0.0.1:{port}"), timeout_s=1)
