@@ -18,6 +18,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg.rows import dict_row
 
 from alerts.titles import SEVERITY_VI
 from ioc.vocabulary import OPERATORS, operator_symbol
@@ -232,10 +233,11 @@ def render(
 
 
 _LOAD: Final = """
-SELECT a.id, e.id, e.kind, e.at, f.id, f.at, e.severity, e.status, a.sector_id, sc.name_vi,
-       sc.name_en, a.title, a.rule_kind, a.metric, a.last_value, r.threshold, r.direction,
-       r.inclusive, a.source_id, s.latitude, s.longitude, s.district, ev.description,
-       sc.metrics, a.title_en, e.detail
+SELECT a.id AS alert_id, e.id AS event_id, e.kind, e.at, f.id AS first_id, f.at AS first_at,
+       e.severity, e.status, a.sector_id, sc.name_vi AS sector_vi, sc.name_en AS sector_en,
+       a.title, a.title_en, a.rule_kind, a.metric, a.last_value, r.threshold, r.direction,
+       r.inclusive, a.source_id, s.latitude, s.longitude, s.district,
+       ev.description AS agency_description, sc.metrics, e.detail
 FROM alert_event e
 JOIN alert a ON a.id = e.alert_id
 JOIN sector sc ON sc.id = a.sector_id
@@ -261,19 +263,19 @@ def load(
 
     `districts` are the profile's districts (objects with id, name_vi, name_en).
     """
-    row = conn.execute(_LOAD, (alert_event_id,)).fetchone()
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(_LOAD, (alert_event_id,)).fetchone()
     if row is None:
         return None
-    (aid, eid, kind, at, fid, fat, severity, status, sector, sector_vi, sector_en, title) = row[:12]
-    (rule_kind, metric, value, threshold, direction, inclusive, source) = row[12:19]
-    (lat, lon, district, agency_description, metrics, title_en, detail) = row[19:26]
-    m: dict[str, Any] = next((x for x in metrics or () if x.get("id") == metric), {})
+    kind, metric, district = row["kind"], row["metric"], row["district"]
+    value, threshold = row["last_value"], row["threshold"]
+    m: dict[str, Any] = next((x for x in row["metrics"] or () if x.get("id") == metric), {})
     op = None
-    if direction is not None:
-        op = operator_symbol(direction, bool(inclusive))
+    if row["direction"] is not None:
+        op = operator_symbol(row["direction"], bool(row["inclusive"]))
     # an event about a breaching reading carries that reading and the limit it crossed (a
     # severity change moves the alert to another rule of its group); others show the latest
-    detail = detail if isinstance(detail, dict) and kind in _READING_EVENTS else {}
+    detail = row["detail"] if isinstance(row["detail"], dict) and kind in _READING_EVENTS else {}
     if _is_number(detail.get("value")):
         value = float(detail["value"])
         if _is_number(detail.get("threshold")) and detail.get("operator") in OPERATORS:
@@ -281,20 +283,20 @@ def load(
     names = {d.id: d for d in districts}
     d = names.get(district)
     return CapAlert(
-        alert_id=aid,
-        event_id=eid,
+        alert_id=row["alert_id"],
+        event_id=row["event_id"],
         event_kind=kind,
-        event_at=at,
-        first_event_id=fid,
-        first_at=fat,
-        severity=severity,
-        status=status,
-        sector_id=sector,
-        sector_vi=sector_vi,
-        sector_en=sector_en,
-        title=title,
-        title_en=title_en,
-        rule_kind=rule_kind,
+        event_at=row["at"],
+        first_event_id=row["first_id"],
+        first_at=row["first_at"],
+        severity=row["severity"],
+        status=row["status"],
+        sector_id=row["sector_id"],
+        sector_vi=row["sector_vi"],
+        sector_en=row["sector_en"],
+        title=row["title"],
+        title_en=row["title_en"],
+        rule_kind=row["rule_kind"],
         metric=metric,
         metric_vi=m.get("name_vi"),
         metric_en=m.get("name_en"),
@@ -302,11 +304,11 @@ def load(
         value=value,
         threshold=threshold,
         operator=op,
-        source_id=source,
-        latitude=lat,
-        longitude=lon,
+        source_id=row["source_id"],
+        latitude=row["latitude"],
+        longitude=row["longitude"],
         district=district,
         district_vi=d.name_vi if d else None,
         district_en=d.name_en if d else None,
-        agency_description=agency_description,
+        agency_description=row["agency_description"],
     )

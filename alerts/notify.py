@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -25,6 +25,7 @@ from typing import Any, Final
 import httpx
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 
 from ioc.db import libpq_url
 from ioc.mqtt import Protocol, paho_client, parse_mqtt_url, process_client_id
@@ -43,10 +44,10 @@ MQTT_TOPIC_PREFIX: Final = f"{TOPIC_ROOT}/alerts"
 
 _PENDING: Final = """
 SELECT e.id, e.kind, e.severity, e.status, e.actor, e.detail, e.at,
-       a.id, a.cause_key, a.sector_id, a.source_id, a.metric, a.rule_id, a.rule_kind,
-       a.event_id, a.title, a.last_value, a.occurrences, a.escalation_level, a.opened_at,
-       a.acknowledged_by, a.resolved_by, a.title_en, a.peak_severity, a.condition_started_at,
-       a.condition_fired_at, a.condition_ended_at, a.retracted
+       a.id AS alert_id, a.cause_key, a.sector_id, a.source_id, a.metric, a.rule_id,
+       a.rule_kind, a.event_id, a.title, a.title_en, a.last_value, a.occurrences,
+       a.escalation_level, a.opened_at, a.acknowledged_by, a.resolved_by, a.peak_severity,
+       a.condition_started_at, a.condition_fired_at, a.condition_ended_at, a.retracted
 FROM alert_event e JOIN alert a ON a.id = e.alert_id
 WHERE e.id > %s ORDER BY e.id LIMIT %s
 """
@@ -66,45 +67,42 @@ def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat()
 
 
-def event_document(row: Sequence[Any]) -> dict[str, Any]:
-    """The JSON document of one alert event, as every channel sends it.
+def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON document of one alert event (a row of `_PENDING`), as every channel sends it.
 
     `severity` and `status` are the alert's at this event; `title` is Vietnamese, `title_en`
     English; the `condition_*` times are reading times (started, lasted long enough, ended).
     """
-    (eid, kind, severity, status, actor, detail, at, aid, cause, sector, source, metric) = row[:12]
-    (rule_id, rule_kind, event_id, title, value, occurrences, level, opened_at) = row[12:20]
-    (title_en, peak, started, fired, ended, retracted) = row[22:28]
     return {
-        "id": eid,
-        "kind": kind,
-        "at": at.isoformat(),
-        "actor": actor,
-        "detail": detail,
+        "id": row["id"],
+        "kind": row["kind"],
+        "at": row["at"].isoformat(),
+        "actor": row["actor"],
+        "detail": row["detail"],
         "alert": {
-            "id": aid,
-            "cause_key": cause,
-            "sector": sector,
-            "source_id": source,
-            "metric": metric,
-            "rule_id": rule_id,
-            "rule_kind": rule_kind,
-            "event_id": event_id,
-            "severity": severity,
-            "status": status,
-            "title": title,
-            "last_value": value,
-            "occurrences": occurrences,
-            "escalation_level": level,
-            "opened_at": opened_at.isoformat(),
-            "acknowledged_by": row[20],
-            "resolved_by": row[21],
-            "title_en": title_en,
-            "peak_severity": peak,
-            "condition_started_at": _iso(started),
-            "condition_fired_at": _iso(fired),
-            "condition_ended_at": _iso(ended),
-            "retracted": retracted,
+            "id": row["alert_id"],
+            "cause_key": row["cause_key"],
+            "sector": row["sector_id"],
+            "source_id": row["source_id"],
+            "metric": row["metric"],
+            "rule_id": row["rule_id"],
+            "rule_kind": row["rule_kind"],
+            "event_id": row["event_id"],
+            "severity": row["severity"],
+            "status": row["status"],
+            "title": row["title"],
+            "title_en": row["title_en"],
+            "last_value": row["last_value"],
+            "occurrences": row["occurrences"],
+            "escalation_level": row["escalation_level"],
+            "opened_at": row["opened_at"].isoformat(),
+            "acknowledged_by": row["acknowledged_by"],
+            "resolved_by": row["resolved_by"],
+            "peak_severity": row["peak_severity"],
+            "condition_started_at": _iso(row["condition_started_at"]),
+            "condition_fired_at": _iso(row["condition_fired_at"]),
+            "condition_ended_at": _iso(row["condition_ended_at"]),
+            "retracted": row["retracted"],
         },
     }
 
@@ -282,13 +280,14 @@ class Dispatcher:
         try:
             cursor = self._cursor(conn)
             while True:
-                rows = conn.execute(_PENDING, (cursor, BATCH)).fetchall()
+                with conn.cursor(row_factory=dict_row) as cur:
+                    rows = cur.execute(_PENDING, (cursor, BATCH)).fetchall()
                 if not rows:
                     return done
                 for row in rows:
                     if not self._deliver_one(conn, row, stop):
                         return done
-                    cursor = int(row[0])
+                    cursor = int(row["id"])
                     conn.execute(
                         "UPDATE notify_cursor SET last_id = %s, updated_at = now() "
                         "WHERE channel = %s",
@@ -299,7 +298,7 @@ class Dispatcher:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(self.channel.name),))
 
     def _deliver_one(
-        self, conn: psycopg.Connection[Any], row: Sequence[Any], stop: threading.Event | None
+        self, conn: psycopg.Connection[Any], row: Mapping[str, Any], stop: threading.Event | None
     ) -> bool:
         """True once the event is settled (delivered, not wanted, or refused for good)."""
         doc = event_document(row)
