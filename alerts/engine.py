@@ -406,7 +406,7 @@ class AlertEngine:
                     touched[0].append(alert_id)
                     touched[1].append(outcome.last_firing[1])
                     touched[2].append(outcome.last_firing[0])
-            manual = any(r.manual_resolve for r in w.group.rules)
+            manual = w.group.manual_resolve
             keep = alert_id if held_after or manual else None
             for rule in w.group.rules:
                 after = new_states[rule.id]
@@ -546,7 +546,7 @@ class AlertEngine:
             if what_changed is not None:
                 counts.count(what_changed)
             return alert_id
-        if alert_id is None or any(r.manual_resolve for r in w.group.rules):
+        if alert_id is None or w.group.manual_resolve:
             return alert_id
         detail |= {"value": change.value, "at": change.ts.isoformat()}
         if lifecycle.close(
@@ -686,7 +686,7 @@ class AlertEngine:
                 free.remove(found)
             matches.append((span, found))
         detail = {"reason": "late readings"}
-        manual = any(r.manual_resolve for r in w.group.rules)
+        manual = w.group.manual_resolve
         for alert_id, status, resolved_by, _, _ in free:
             if status == "resolved" and resolved_by != ENGINE_ACTOR:
                 continue
@@ -725,11 +725,7 @@ class AlertEngine:
                 if lifecycle.reactivate(cur, alert_id, detail=detail):
                     counts.opened += 1
             elif old_severity != span.severity:
-                kind: lifecycle.EventKind = (
-                    "raised"
-                    if lifecycle.rank(span.severity) > lifecycle.rank(old_severity)
-                    else "lowered"
-                )
+                kind = lifecycle.severity_change(old_severity, span.severity)
                 lifecycle.record(cur, alert_id, kind, detail=detail)
                 counts.count(kind)
             elif moved:

@@ -152,6 +152,11 @@ def rank(severity: str | None) -> int:
     return SEVERITY_RANK.get(severity or "", -1)
 
 
+def severity_change(old: str | None, new: str) -> EventKind:
+    """The event of a condition's severity moving from `old` to `new`."""
+    return "raised" if rank(new) > rank(old) else "lowered"
+
+
 def fire(
     cur: Cursor,
     cause: Cause,
@@ -252,7 +257,7 @@ def change_severity(
     row = cur.fetchone()
     if row is None or row[0] == cause.severity:
         return None
-    kind: EventKind = "raised" if rank(cause.severity) > rank(row[0]) else "lowered"
+    kind = severity_change(row[0], cause.severity)
     cur.execute(
         _CHANGE_SEVERITY,
         {

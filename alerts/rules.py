@@ -125,6 +125,11 @@ class Group:
         """The least severe rule: the group's sector, metric, scope and direction."""
         return self.rules[0]
 
+    @property
+    def manual_resolve(self) -> bool:
+        """Whether only a person resolves the group's alerts."""
+        return any(rule.manual_resolve for rule in self.rules)
+
     def cause(self, source_id: str) -> str:
         """The alert cause of this condition on one source."""
         return f"{self.key}:source:{source_id}"
