@@ -7,22 +7,27 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
+import psycopg
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from ioc import migrate
+from ioc.audit import cli_actor
 from ioc.catalogue import Profile, bundled_profile_names, load_profile
-from ioc.db import redact
-from ioc.errors import ConfigError, IocError
+from ioc.db import libpq_url, redact
+from ioc.errors import ConfigError, DatabaseError, IocError
+from ioc.keys import create_key, list_keys, revoke_key
 from ioc.logs import configure_logging
 from ioc.runtime import Prepared, database, prepare
 from ioc.settings import Settings, get_settings
+from ioc.vocabulary import Role
 
 if TYPE_CHECKING:
     from alerts.seed import SeedReport
@@ -263,6 +268,83 @@ def _start_workers(settings: Settings, url: str, stop: threading.Event) -> list[
             )
         )
     return threads
+
+
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@contextmanager
+def _key_connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    with database(settings) as url:
+        _prepare(url, settings)
+        try:
+            with psycopg.connect(libpq_url(url)) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise DatabaseError(f"API keys on {redact(url)}: {exc}") from None
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what holds the key.")],
+    role: Annotated[Role, typer.Option(help="What the key may do (see README).")],
+    sectors: Annotated[
+        str, typer.Option(help="Comma-separated sector ids (agency keys: required).")
+    ] = "",
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    settings = _settings()
+    wanted = [s.strip() for s in sectors.split(",") if s.strip()]
+    with _key_connection(settings) as conn:
+        key, text = create_key(
+            conn,
+            name=name,
+            role=role,
+            sectors=wanted,
+            pepper=settings.api_key_pepper.get_secret_value(),
+            actor=cli_actor(),
+        )
+    scope = f" for {', '.join(key.sectors)}" if key.sectors else ""
+    err_console.print(
+        f"key [bold]{key.prefix}[/] ({key.role.value}{scope}) for {key.name}; "
+        "it is shown only now:",
+        highlight=False,
+    )
+    print(text)  # stdout holds the key alone, for scripts
+
+
+@keys_app.command("list")
+def keys_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+) -> None:
+    """List API keys (never their secrets)."""
+    settings = _settings()
+    with _key_connection(settings) as conn:
+        keys = list_keys(conn, include_revoked=all_)
+    table = Table("prefix", "name", "role", "sectors", "created", "last used", "revoked")
+    for k in keys:
+        table.add_row(
+            k.prefix,
+            k.name,
+            k.role.value,
+            ",".join(k.sectors) or "all",
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (as listed) or the key.")],
+) -> None:
+    """Revoke an API key; API processes stop accepting it within IOC_API_KEY_CACHE_S."""
+    settings = _settings()
+    with _key_connection(settings) as conn:
+        key = revoke_key(conn, prefix=prefix, actor=cli_actor())
+    console.print(f"key {key.prefix} ({key.name}) revoked")
 
 
 ingest_app = typer.Typer(

@@ -25,11 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ioc.db import Base
-from ioc.vocabulary import SEVERITIES
-
-SOURCE_STATUSES = ("online", "offline", "unknown")
-ALERT_STATUSES = ("open", "acknowledged", "resolved")
-ROLES = ("admin", "operator", "analyst", "agency", "viewer")
+from ioc.vocabulary import ALERT_STATUSES, EVENT_STATUSES, ROLES, SEVERITIES, SOURCE_STATUSES
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -116,6 +112,7 @@ class Event(Base):
     __tablename__ = "event"
     __table_args__ = (
         CheckConstraint(_in("severity", SEVERITIES), name="severity"),
+        CheckConstraint(_in("status", EVENT_STATUSES), name="status"),
         Index(None, "sector_id", "occurred_at"),
         Index(
             "uq_event_sector_id_external_ref",
@@ -150,6 +147,8 @@ class Event(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = _now()
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    status: Mapped[str] = mapped_column(Text, server_default=text("'new'"))
+    updated_at: Mapped[datetime] = _now()
 
 
 class AlertRule(Base):
@@ -270,6 +269,9 @@ class Alert(Base):
     transitioned_at: Mapped[datetime] = _now()
     confirmed_at: Mapped[datetime] = _now()
     retracted: Mapped[bool] = mapped_column(server_default=text("false"))  # late readings
+    assigned_to: Mapped[str | None] = mapped_column(Text)  # an agency or a person's name
+    # listed in the public CAP feed (/api/v1/cap/alerts.atom); from the rule's `public` param
+    public: Mapped[bool] = mapped_column(server_default=text("false"))
 
 
 class AlertEvent(Base):
@@ -334,11 +336,25 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class IdempotentRequest(Base):
+    """A POST made with an `Idempotency-Key`: a retry gets the first answer back."""
+
+    __tablename__ = "idempotent_request"
+    __table_args__ = (PrimaryKeyConstraint("api_key_id", "key"), Index(None, "created_at"))
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_key.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(SmallInteger)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+
+
 class AuditLog(Base):
     """Who did what, for changes made through the API or CLI."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index(None, "at"),)
+    __table_args__ = (Index(None, "at"), Index(None, "target"))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = _now()

@@ -7,11 +7,19 @@ import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ioc.errors import ConfigError
@@ -20,6 +28,7 @@ from ioc.vocabulary import SeverityName
 ENV_PREFIX = "IOC_"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg")
 _MQTT_SCHEMES = ("mqtt", "mqtts", "tcp")
+DEVELOPMENT_PEPPER = "ioc-development-pepper-not-secret"
 
 
 def default_data_dir() -> Path:
@@ -149,6 +158,34 @@ class Settings(BaseSettings):
         description="an alert nothing confirmed for this long resolves itself (0: never)",
     )
 
+    # HTTP API (issue 10)
+    api_key_pepper: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_PEPPER),
+        description="secret key of the keyed hash API keys are stored under; set your own in "
+        "production (changing it invalidates every key)",
+    )
+    api_key_cache_s: float = Field(
+        default=10.0, ge=0, le=300, description="how long a checked API key is trusted in memory"
+    )
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    api_rate_limit_per_min: int = Field(
+        default=600, ge=1, description="requests a minute one agency key may make (per process)"
+    )
+    api_public_url: str = Field(
+        default="", description="the API's public base URL, for links in the CAP Atom feed"
+    )
+    cap_sender: str = Field(default="ioc@localhost", description="CAP <sender>")
+    cap_sender_name: str = Field(default="", description="CAP <senderName>; empty: the profile's")
+
+    @model_validator(mode="after")
+    def _safe_in_production(self) -> Self:
+        pepper = self.api_key_pepper.get_secret_value()
+        if self.environment == "production" and pepper == DEVELOPMENT_PEPPER:
+            raise ValueError("api_key_pepper: set IOC_API_KEY_PEPPER in production")
+        if len(self.api_key_pepper.get_secret_value()) < 16:
+            raise ValueError("api_key_pepper: use at least 16 characters")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -181,8 +218,12 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["loc"]:
+                field = str(err["loc"][0])
+            else:  # a check across fields names its field first: "field: message"
+                field, _, msg = msg.partition(": ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {msg}")
         raise ConfigError("; ".join(problems)) from None
 
 

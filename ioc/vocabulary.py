@@ -59,3 +59,49 @@ def breaches(value: float, direction: str, limit: float, inclusive: bool) -> boo
 
 # telemetry on `ioc/v1/{sector}/{source}/{kind}`, alert events on `ioc/v1/alerts/...`
 TOPIC_ROOT: Final = "ioc/v1"
+
+
+class Role(StrEnum):
+    """What an API key may do (the permission matrix is in `api/permissions.py` and README)."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    ANALYST = "analyst"
+    AGENCY = "agency"
+    VIEWER = "viewer"
+
+
+ROLES: Final[tuple[str, ...]] = tuple(r.value for r in Role)
+
+
+class AlertStatus(StrEnum):
+    """Where an alert is in its lifecycle."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+ALERT_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in AlertStatus)
+
+
+class EventStatus(StrEnum):
+    """How far an agency event has been handled."""
+
+    NEW = "new"
+    IN_PROGRESS = "in_progress"
+    RESOLVED = "resolved"
+
+
+EVENT_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in EventStatus)
+
+
+class SourceStatus(StrEnum):
+    """Whether a source is reporting."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+SOURCE_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in SourceStatus)
