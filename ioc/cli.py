@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 import threading
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
