@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ioc.errors import IocError
+from ioc.errors import Conflict, NotFound
 from ioc.vocabulary import SEVERITY_RANK
 
 EventKind = Literal[
@@ -35,11 +35,11 @@ SYSTEM_ACTOR: Final = "system"
 Cursor = psycopg.Cursor[Any]
 
 
-class AlertNotFound(IocError):
+class AlertNotFound(NotFound):
     """No alert with that id."""
 
 
-class AlertConflict(IocError):
+class AlertConflict(Conflict):
     """The transition does not apply to the alert's current status."""
 
 

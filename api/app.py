@@ -1,4 +1,4 @@
-"""The FastAPI application: health and readiness for now; routers arrive with later issues."""
+"""The FastAPI application: `/api/v1` for operators, agencies and analysts (README, "HTTP API")."""
 
 from __future__ import annotations
 
@@ -6,29 +6,45 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+import anyio.to_thread
+from fastapi import FastAPI
 
-from ioc.db import make_engine
-from ioc.errors import BrokerError
-from ioc.mqtt import parse_mqtt_url, ping_broker
+from api import docs, problems
+from api.auth import KeyStore
+from api.context import Context
+from api.db import Database
+from api.limits import BodyLimit, RateLimiter
+from api.metrics import RequestTimer
+from api.routers import audit, ops
+from ingest.http import HttpIngest
+from ingest.worker import rules_for, writer_for
+from ioc.catalogue import load_profile
 from ioc.settings import Settings, get_settings
 from ioc.storage import retention_loop
 from ioc.timeseries import detect_storage
 
-PROBLEM_JSON = "application/problem+json"
-READY_TIMEOUT_S = 3.0
+API_PREFIX = "/api/v1"
+VERSION = "0.1.0"
 
+DESCRIPTION = """The engine of a provincial Intelligent Operations Center: sector panels and KPIs,
+sources, telemetry aggregates, history and CSV export, agency events, alerts with their history
+and CAP documents, alert rules with a backtest, and the audit trail.
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem details response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+Send an API key as `Authorization: Bearer ioc_…` (made with `ioc keys create`). Errors are
+RFC 9457 `application/problem+json`. Times are ISO 8601 with a UTC offset, in and out.
+Lists are keyset-paginated: pass `next_cursor` back as `cursor`."""
+
+TAGS = [
+    {"name": "overview", "description": "Sectors, KPIs and the active profile"},
+    {"name": "sources", "description": "Sensors, cameras and feeds"},
+    {"name": "telemetry", "description": "Aggregates, raw readings, CSV export, HTTP ingest"},
+    {"name": "events", "description": "Reports of sector agencies"},
+    {"name": "alerts", "description": "Alerts, their history and actions, CAP"},
+    {"name": "rules", "description": "Alert rules and their backtest"},
+    {"name": "audit", "description": "Who changed what"},
+    {"name": "operations", "description": "Health, readiness, metrics"},
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,57 +53,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.database_url is None:
         raise RuntimeError("create_app needs IOC_DATABASE_URL (ioc serve sets it)")
     url = settings.database_url.get_secret_value()
+    profile = load_profile(settings.profile)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(url, pool_size=10, max_overflow=10)
-        app.state.engine = engine
-        async with engine.connect() as conn:
-            app.state.storage = await detect_storage(conn)
+        db = Database(url)
+        writer = writer_for(settings, url)
+        writer.start()
         pruner = None
-        if not app.state.storage.timescale:
-            pruner = asyncio.create_task(retention_loop(engine, settings.retention_days))
         try:
+            async with db.engine.connect() as conn:
+                storage = await detect_storage(conn)
+            ingest = HttpIngest(
+                writer,
+                rules_for(settings, profile),
+                max_payload_bytes=settings.ingest_max_payload_bytes,
+            )
+            app.state.ctx = Context(settings, profile, db, storage, ingest)
+            app.state.keys = KeyStore(
+                db.engine,
+                pepper=settings.api_key_pepper.get_secret_value(),
+                cache_s=settings.api_key_cache_s,
+            )
+            app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_min)
+            if not storage.timescale:
+                pruner = asyncio.create_task(retention_loop(db.engine, settings.retention_days))
             yield
         finally:
             if pruner is not None:
                 pruner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pruner
-            await engine.dispose()
+            await anyio.to_thread.run_sync(writer.stop)
+            await db.dispose()
 
-    app = FastAPI(title="ioc", version="0.1.0", lifespan=lifespan)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", response_model=None)
-    async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
-        """The database (and the broker, when IOC_MQTT_URL is set) answer."""
-        checks: dict[str, str] = {}
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                async with request.app.state.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        if settings.mqtt_url is not None:
-            try:
-                await ping_broker(
-                    parse_mqtt_url(settings.mqtt_url.get_secret_value()), timeout_s=READY_TIMEOUT_S
-                )
-                checks["broker"] = "ok"
-            except BrokerError as exc:
-                checks["broker"] = str(exc)
-        if all(v == "ok" for v in checks.values()):
-            return {"status": "ready", "checks": checks}
-        return problem(503, "Not ready", "a dependency is unreachable", checks=checks)
-
+    app = FastAPI(
+        title="ioc",
+        version=VERSION,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    problems.install(app)
+    docs.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(RequestTimer)
+    app.include_router(ops.router)
+    for router in (audit.router,):
+        app.include_router(router, prefix=API_PREFIX)
     return app

@@ -27,6 +27,18 @@ class QueryError(IocError):
     """A time-series question is malformed (unknown bucket, bad range, unknown function)."""
 
 
+class NotFound(IocError):
+    """The thing asked for does not exist (or is outside the caller's sectors)."""
+
+
+class Conflict(IocError):
+    """The change does not apply to the thing's current state."""
+
+
+class InvalidInput(IocError):
+    """A request, a rule or a key definition is wrong; the message says what."""
+
+
 class IngestError(IocError):
     """Ingest could not take input: the reason is a short code, the detail says what."""
 

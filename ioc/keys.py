@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ioc.audit import record_audit
-from ioc.errors import IocError
+from ioc.errors import InvalidInput
 from ioc.vocabulary import Role
 
 KEY_PREFIX = "ioc_"
@@ -28,7 +28,7 @@ _PREFIX_LEN = 8
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-class ApiKeyError(IocError):
+class ApiKeyError(InvalidInput):
     """A key that cannot be made or found as asked."""
 
 
