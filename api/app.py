@@ -16,7 +16,7 @@ from api.context import Context
 from api.db import Database
 from api.limits import BodyLimit, RateLimiter
 from api.metrics import RequestTimer
-from api.routers import audit, ops
+from api.routers import alerts, audit, cap, events, ops, overview, rules, sources, telemetry
 from ingest.http import HttpIngest
 from ingest.worker import rules_for, writer_for
 from ioc.catalogue import load_profile
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestTimer)
     app.include_router(ops.router)
-    for router in (audit.router,):
+    for module in (overview, sources, telemetry, events, alerts, cap, rules, audit):
+        router = module.router
         app.include_router(router, prefix=API_PREFIX)
     return app

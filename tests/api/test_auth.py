@@ -84,10 +84,7 @@ async def test_an_agency_key_past_its_rate_gets_429_with_retry_after(synced_db: 
         assert limited.headers["content-type"] == "application/problem+json"
         # other roles and other keys are not limited by it
         admin = api.as_("admin")
-        assert all(
-            [(await api.http.get("/api/v1/audit", headers=admin)).status_code == 200]
-            * 5
-        )
+        assert all([(await api.http.get("/api/v1/audit", headers=admin)).status_code == 200] * 5)
 
 
 async def test_a_body_over_the_limit_gets_413_before_it_is_read_whole(synced_db: str) -> None:
@@ -101,9 +98,7 @@ async def test_a_body_over_the_limit_gets_413_before_it_is_read_whole(synced_db:
             for _ in range(4):
                 yield b"y" * 1024
 
-        streamed = await api.http.post(
-            "/api/v1/audit", content=chunks(), headers=api.as_("admin")
-        )
+        streamed = await api.http.post("/api/v1/audit", content=chunks(), headers=api.as_("admin"))
         assert streamed.status_code in (405, 413)  # the route takes no body: refused either way
 
 
@@ -113,8 +108,9 @@ async def test_docs_work_offline(api: Api, path: str) -> None:
     assert page.status_code == 200
     html = page.text
     assert "cdn" not in html.lower() and "https://" not in html.split("<body")[0]
-    assets = [a for a in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
-              if a in html]
+    assets = [
+        a for a in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js") if a in html
+    ]
     assert assets
     for asset in assets:
         got = await api.http.get(f"/docs-assets/{asset}")

@@ -1,0 +1,9 @@
+"""Routes of the alerts area (issue 10)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.problems import PROBLEM_RESPONSES
+
+router = APIRouter(tags=["alerts"], responses=PROBLEM_RESPONSES)

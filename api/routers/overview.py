@@ -1,0 +1,9 @@
+"""Routes of the overview area (issue 10)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.problems import PROBLEM_RESPONSES
+
+router = APIRouter(tags=["overview"], responses=PROBLEM_RESPONSES)
