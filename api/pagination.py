@@ -10,11 +10,13 @@ from typing import Any, Generic, TypeVar
 import orjson
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from api.problems import Problem
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Select[*tuple[Any, ...]]")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -65,12 +67,12 @@ def decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
 
 
 def after(
-    stmt: Select[Any],
-    columns: Sequence[ColumnElement[Any]],
+    stmt: S,
+    columns: Sequence[ColumnElement[Any] | InstrumentedAttribute[Any]],
     key: Sequence[Any] | None,
     *,
     descending: bool,
-) -> Select[Any]:
+) -> S:
     """Rows strictly after `key` in the order of `columns` (all ascending or all descending;
     the last column is unique and never null)."""
     order = [c.desc() if descending else c.asc() for c in columns]

@@ -13,12 +13,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ioc.errors import Conflict, InvalidInput, IocError, NotFound, QueryError
+from ioc.errors import Conflict, IngestError, InvalidInput, IocError, NotFound, QueryError
 
 log = logging.getLogger("ioc.api")
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "urn:ioc:problem:"
+RETRY_AFTER_S = 5
 
 
 class FieldError(BaseModel):
@@ -131,6 +132,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(IocError)
     async def _ioc(request: Request, exc: IocError) -> JSONResponse:
+        if isinstance(exc, IngestError):  # the pipeline is stopping or the database is down
+            return problem_response(
+                503,
+                "Service Unavailable",
+                str(exc),
+                kind="unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         for cls, status, title, kind in _IOC_ERRORS:
             if isinstance(exc, cls):
                 return problem_response(status, title, str(exc), kind=kind)

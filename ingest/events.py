@@ -10,13 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final
 
+import psycopg
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ingest import reasons
 from ingest.timestamps import parse_time
-from ioc.errors import DecodeError
-from ioc.vocabulary import SeverityName
+from ioc.audit import record_audit
+from ioc.errors import DecodeError, NotFound
+from ioc.vocabulary import EventStatus, SeverityName
 
 MAX_ATTRIBUTE_DEPTH: Final = 16
 TIME_ERROR: Final = reasons.BAD_TIME
@@ -104,3 +106,32 @@ class EventIn(BaseModel):
                 raise ValueError("a location name has 1 to 300 characters")
             storable_text(value)
         return value
+
+
+def set_event_status(
+    conn: psycopg.Connection[Any],
+    *,
+    event_id: int,
+    status: EventStatus | str,
+    actor: str,
+    note: str | None = None,
+) -> str:
+    """Move an event to `status` (any of new, in_progress, resolved); the previous status.
+    Writes the audit row in the caller's transaction."""
+    status = EventStatus(status)
+    row = conn.execute("SELECT status FROM event WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"event {event_id} does not exist")
+    before = str(row[0])
+    if before != status:
+        conn.execute(
+            "UPDATE event SET status = %s, updated_at = now() WHERE id = %s",
+            (status.value, event_id),
+        )
+    detail: dict[str, Any] = {"from": before, "to": status.value}
+    if note:
+        detail["note"] = note
+    record_audit(
+        conn, actor=actor, action="event.update", target=f"event:{event_id}", detail=detail
+    )
+    return before

@@ -7,12 +7,13 @@ readings join the next batch, and the answer comes once they are committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from ingest.items import Item, build_item
+from ingest.items import AuditNote, Item, build_item
 from ingest.topics import PREFIX
 from ingest.validation import Rules
 from ingest.writer import Writer
@@ -30,6 +31,8 @@ class IngestResult:
     reasons: dict[str, int] = field(default_factory=dict)
     event_id: int | None = None
     """Id of the stored event (None for telemetry, or an event already stored before)."""
+    duplicate_of: int | None = None
+    """Id of the event an earlier copy of this one stored."""
 
 
 def _result(item: Item) -> IngestResult:
@@ -38,6 +41,7 @@ def _result(item: Item) -> IngestResult:
         rejected=sum(item.reject_counts.values()),
         reasons=dict(item.reject_counts),
         event_id=item.event_id,
+        duplicate_of=item.duplicate_of,
     )
 
 
@@ -50,7 +54,13 @@ class HttpIngest:
         self.max_payload_bytes = max_payload_bytes
 
     def submit(
-        self, *, sector: str, source_id: str, kind: Kind, payload: bytes
+        self,
+        *,
+        sector: str,
+        source_id: str,
+        kind: Kind,
+        payload: bytes,
+        audit: AuditNote | None = None,
     ) -> Future[IngestResult]:
         """Queue one message (blocking while the queue is full); the future ends at commit."""
         future: Future[IngestResult] = Future()
@@ -61,6 +71,7 @@ class HttpIngest:
             rules=self.rules,
             max_payload_bytes=self.max_payload_bytes,
         )
+        item.audit = audit
         item.done = lambda done: future.set_result(_result(done))
         if not self.writer.submit(item):
             raise IngestError("unavailable", "ingest is stopping; try again")
@@ -73,11 +84,20 @@ class HttpIngest:
         source_id: str,
         kind: Kind = "telemetry",
         payload: bytes,
+        audit: AuditNote | None = None,
         timeout_s: float = 30.0,
     ) -> IngestResult:
-        """Decode, validate and store one message; counts of accepted and rejected readings."""
+        """Decode, validate and store one message; counts of accepted and rejected readings.
+        With `audit`, the audit row is written in the batch's transaction."""
         future = await asyncio.to_thread(
-            self.submit, sector=sector, source_id=source_id, kind=kind, payload=payload
+            functools.partial(
+                self.submit,
+                sector=sector,
+                source_id=source_id,
+                kind=kind,
+                payload=payload,
+                audit=audit,
+            )
         )
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)

@@ -31,6 +31,14 @@ class RejectRow:
 
 
 @dataclass(slots=True)
+class AuditNote:
+    """An audit row to write with an item: who did it and what."""
+
+    actor: str
+    action: str
+
+
+@dataclass(slots=True)
 class Item:
     """One message on its way to the database; `done` runs once it is committed."""
 
@@ -46,6 +54,10 @@ class Item:
     event: EventIn | None = None
     done: Callable[[Item], None] | None = None
     event_id: int | None = None  # set by the writer when the event was stored
+    duplicate_of: int | None = None
+    """Set by the writer when the event was stored before (by an earlier copy): its id."""
+    audit: AuditNote | None = None
+    """Who sent it (HTTP ingest): the writer adds this audit row in the batch transaction."""
     redelivered: bool = False
     """The broker marked it as possibly delivered before (MQTT DUP flag)."""
     connection_lost: Callable[[], bool] | None = None

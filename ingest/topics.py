@@ -22,8 +22,11 @@ OUTBOUND_PREFIX: Final = f"{PREFIX}alerts/"
 # matches the wildcard but no sector filter, and no sector id starts with "_".
 MARKER_FILTER: Final = f"{PREFIX}_ingest/+/marker"
 
-_SECTOR_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_SOURCE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+SECTOR_ID_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
+SOURCE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+"""What a sector or source id may be (a topic level; also the API's path and body rule)."""
+_SECTOR_RE: Final = re.compile(SECTOR_ID_PATTERN[1:-1])
+_SOURCE_RE: Final = re.compile(SOURCE_ID_PATTERN[1:-1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from ingest import metrics, reasons
 from ingest.items import Item, RejectRow
+from ioc.audit import INSERT_AUDIT
 from ioc.db import libpq_url
 
 log = logging.getLogger("ioc.ingest.writer")
@@ -87,6 +88,8 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
+_EVENT_BY_REF: Final = "SELECT id FROM event WHERE sector_id = %s AND external_ref = %s"
+_EVENT_BY_DEDUP: Final = "SELECT id FROM event WHERE sector_id = %s AND dedup_key = %s"
 _RECORD_RECEIPTS: Final = """
 INSERT INTO ingest_receipt (digest, received_at, redelivery)
 SELECT * FROM unnest(%s::bytea[], %s::timestamptz[], %s::boolean[])
@@ -470,6 +473,7 @@ class Writer:
                 self._copy_readings(cur, items, new_series, batch)
                 self._insert_events(cur, items, batch)
                 self._insert_rejects(cur, items)
+                self._insert_audit(cur, items)
                 for hook in self.hooks:
                     hook(conn, batch)
             conn.commit()
@@ -720,6 +724,7 @@ class Writer:
     ) -> None:
         for item in items:
             event = item.event
+            item.duplicate_of = None
             if event is None or item.sector is None:
                 continue
             loc = event.location
@@ -757,6 +762,34 @@ class Writer:
             if row is not None:
                 item.event_id = int(row[0])  # type: ignore[call-overload]
                 batch.events.append(item)
+                continue
+            # stored before: name it (HTTP answers with the event an earlier copy created)
+            if event.external_ref is not None:
+                cur.execute(_EVENT_BY_REF, (item.sector, event.external_ref))
+            else:
+                cur.execute(_EVENT_BY_DEDUP, (item.sector, dedup))
+            found = cur.fetchone()
+            item.duplicate_of = int(found[0]) if found else None  # type: ignore[call-overload]
+
+    @staticmethod
+    def _insert_audit(cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]) -> None:
+        rows = []
+        for item in items:
+            if item.audit is None:
+                continue
+            event = item.event_id or item.duplicate_of
+            target = f"event:{event}" if event is not None else f"source:{item.source_id}"
+            detail: dict[str, object] = {
+                "sector": item.sector,
+                "source": item.source_id,
+                "readings": len(item.readings),
+                "rejected": sum(item.reject_counts.values()),
+            }
+            if item.duplicate_of is not None:
+                detail["duplicate_of"] = item.duplicate_of
+            rows.append((item.audit.actor, item.audit.action, target, Jsonb(detail)))
+        if rows:
+            cur.executemany(INSERT_AUDIT, rows)
 
     @staticmethod
     def _insert_rejects(cur: psycopg.Cursor[tuple[object, ...]], items: list[Item]) -> None:

@@ -17,6 +17,7 @@ TABLES = {
     "series",
     "reading",
     "event",
+    "idempotent_request",
     "alert_rule",
     "alert_state",
     "alert",
