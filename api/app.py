@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api import docs, problems
+from api import docs, openapi, problems
 from api.auth import KeyStore
 from api.context import Context
 from api.db import Database
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     docs.install(app)
+    openapi.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestTimer)
     app.include_router(ops.router)

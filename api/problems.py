@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -145,6 +147,19 @@ def install(app: FastAPI) -> None:
                 return problem_response(status, title, str(exc), kind=kind)
         log.error("request failed", exc_info=exc, extra={"path": request.url.path})
         return problem_response(500, "Internal Server Error", "the server failed; see its log")
+
+    @app.exception_handler(psycopg.DataError)
+    @app.exception_handler(sqlalchemy.exc.DataError)
+    async def _data(request: Request, exc: Exception) -> JSONResponse:
+        # a value the database cannot hold (NUL in text, a number out of range): the input's
+        cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        return problem_response(
+            422,
+            "Invalid request",
+            f"a value cannot be stored or compared: {first}",
+            kind="validation",
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
