@@ -23,12 +23,14 @@ PROFILE = "mekong"
 
 
 @contextmanager
-def fresh_database(server_url: str, bench: str, tag: str) -> Iterator[str]:
+def fresh_database(
+    server_url: str, bench: str, tag: str, *, profile: str = PROFILE
+) -> Iterator[str]:
     """A new migrated database with the profile synced; dropped afterwards."""
     name = f"bench_{bench}_{os.getpid()}_{tag}"
     url = ensure_database(server_url, name)
     try:
-        prepare(url, Settings(profile=PROFILE), then=seed_rules)
+        prepare(url, Settings(profile=profile), then=seed_rules)
         yield url
     finally:
         with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
