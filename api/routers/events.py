@@ -95,7 +95,10 @@ class EventOut(BaseModel):
 class EventPatch(BaseModel):
     """A change of an event's handling status."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"status": "in_progress", "note": "Đã cử đội ứng cứu"}]},
+    )
 
     status: EventStatus
     note: str | None = Field(default=None, max_length=2000)
