@@ -58,15 +58,15 @@ INSERT INTO source (id, sector_id, name, kind, district, latitude, longitude, in
                     status, last_seen_at, last_reading_at)
 SELECT s.id || '-' || g, s.id, 'Trạm ' || s.name_vi || ' số ' || g, 'sensor',
        (ARRAY['dong-xoai','binh-long','phuoc-long','chon-thanh','bu-dang','bu-dop','bu-gia-map',
-              'dong-phu','hon-quan','loc-ninh','phu-rieng'])[1 + g % 11],
-       11.3 + (g % 100) / 250.0, 106.6 + (g % 97) / 250.0, 2592,
-       CASE WHEN g % 20 = 0 THEN 'offline' ELSE 'online' END, now(), now()
+              'dong-phu','hon-quan','loc-ninh','phu-rieng'])[1 + g %% 11],
+       11.3 + (g %% 100) / 250.0, 106.6 + (g %% 97) / 250.0, 2592,
+       CASE WHEN g %% 20 = 0 THEN 'offline' ELSE 'online' END, now(), now()
 FROM s, generate_series(1, %(sources)s::int) g
-WHERE g % s.n = s.k
+WHERE g %% s.n = s.k
 """
 _FILL_SERIES = """
 INSERT INTO series (source_id, metric)
-SELECT src.id, sec.kpis ->> (split_part(src.id, '-', 2)::int %% jsonb_array_length(sec.kpis))
+SELECT src.id, sec.kpis ->> (split_part(src.id, '-', 2)::int % jsonb_array_length(sec.kpis))
 FROM source src JOIN sector sec ON sec.id = src.sector_id
 """
 # one chunk of sources at a time, to show progress and keep transactions moderate
@@ -81,10 +81,10 @@ _FILL_ALERTS = """
 INSERT INTO alert (cause_key, sector_id, source_id, severity, status, title, metric,
                    rule_kind, opened_at)
 SELECT 'bench:' || src.id, src.sector_id, src.id,
-       (ARRAY['info','warning','critical'])[1 + n %% 3], 'open', 'Cảnh báo thử ' || src.id,
+       (ARRAY['info','warning','critical'])[1 + n % 3], 'open', 'Cảnh báo thử ' || src.id,
        'x', 'threshold', now()
 FROM (SELECT id, sector_id, row_number() OVER () AS n FROM source) src
-WHERE n %% 25 = 0
+WHERE n % 25 = 0
 """
 
 
