@@ -345,22 +345,24 @@ def test_a_group_follows_the_most_severe_of_its_rules_each_judged_alone(
 ) -> None:
     group = saline(warning_for_s, critical_for_s)
     ordered = sorted(set(readings))
-    # each rule alone: whether it fires at each reading
-    firing_after: dict[int, dict[Reading, bool]] = {}
+    # each rule alone: its phase after each reading
+    phase_after: dict[int, list[str]] = {}
     for rule in group.rules:
-        alone = run(rule, ordered)
-        assert alone.states[rule.id] == run(group, ordered).states[rule.id]
-        flips = {(c.ts, c.value): c.kind == "fire" for c in alone.changes}
-        firing, timeline = False, {}
-        for reading in ordered:
-            firing = flips.get(reading, firing)
-            timeline[reading] = firing
-        firing_after[rule.id] = timeline
+        assert run(rule, ordered).states[rule.id] == run(group, ordered).states[rule.id]
+        phase_after[rule.id] = [
+            run(rule, ordered[: k + 1]).states[rule.id].phase for k in range(len(ordered))
+        ]
     expected: list[tuple[str, datetime, float, Rule | None]] = []
     top: Rule | None = None
-    for ts, value in ordered:
-        now = [r for r in group.rules if firing_after[r.id][(ts, value)]]
-        new = max(now, key=lambda r: SEVERITY_RANK[r.severity]) if now else None
+    for k, (ts, value) in enumerate(ordered):
+        now = [r for r in group.rules if phase_after[r.id][k] == "firing"]
+        waiting = [r for r in group.rules if phase_after[r.id][k] != "normal"]
+        if now:  # the most severe firing rule
+            new = max(now, key=lambda r: SEVERITY_RANK[r.severity])
+        elif top is not None and waiting:  # held: the mildest rule still waiting
+            new = min(waiting, key=lambda r: SEVERITY_RANK[r.severity])
+        else:
+            new = None
         if new is not top:
             if top is None:
                 expected.append(("fire", ts, value, new))
