@@ -4,8 +4,10 @@ bearer security and its 401, 403 and 429 answers, and every route that takes inp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
@@ -22,14 +24,29 @@ _AUTH_ANSWERS = {
 }
 
 
-def _needs_key(route: APIRoute) -> bool:
+def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], APIRoute]]:
+    """(full path, methods, route) of every API route, through included routers."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:  # FastAPI before routers kept their inclusion (app.routes is flat)
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path, set(route.methods or ()), route
+        return
+    for context in contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute):
+            yield str(context.path), set(route.methods or ()), route
+
+
+def needs_key(route: APIRoute) -> require | None:
+    """The permission check a route depends on, if any."""
     stack = list(route.dependant.dependencies)
     while stack:
         dep = stack.pop()
         if isinstance(dep.call, require):
-            return True
+            return dep.call
         stack.extend(dep.dependencies)
-    return False
+    return None
 
 
 def _takes_input(op: dict[str, Any]) -> bool:
@@ -59,10 +76,10 @@ def install(app: FastAPI) -> None:
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "ioc_<prefix>_<secret>"}
         }
         keyed = {
-            (method.lower(), route.path)
-            for route in app.routes
-            if isinstance(route, APIRoute) and _needs_key(route)
-            for method in route.methods or ()
+            (method.lower(), path)
+            for path, methods, route in api_routes(app)
+            if needs_key(route) is not None
+            for method in methods
         }
         for path, ops in doc.get("paths", {}).items():
             for method, op in ops.items():
