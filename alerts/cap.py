@@ -9,6 +9,8 @@ and its district.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.rows import dict_row
 
+from alerts.lifecycle import NOTE_KINDS
 from alerts.titles import SEVERITY_VI
 from ioc.vocabulary import OPERATORS, operator_symbol
 
@@ -312,3 +315,94 @@ def load(
         district_en=d.name_en if d else None,
         agency_description=row["agency_description"],
     )
+
+
+def load_latest(
+    conn: psycopg.Connection[Any], alert_id: int, districts: Sequence[Any] = ()
+) -> CapAlert | None:
+    """The CAP view of an alert's latest state: its latest event that changed the alert (a
+    comment, an assignment or the public flag is not news); None if there is no such alert."""
+    row = conn.execute(
+        "SELECT id FROM alert_event WHERE alert_id = %s AND kind <> ALL(%s) "
+        "ORDER BY id DESC LIMIT 1",
+        (alert_id, sorted(NOTE_KINDS)),
+    ).fetchone()
+    return None if row is None else load(conn, int(row[0]), districts)
+
+
+# characters XML 1.0 cannot carry at all (control characters, U+FFFE, U+FFFF)
+_NOT_XML: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text without the characters XML 1.0 cannot carry (agency reports may hold some)."""
+    return _NOT_XML.sub("", text)
+
+
+def xml_safe(a: CapAlert) -> CapAlert:
+    """The same alert with only text XML can carry, ready for `render`."""
+    cleaned: dict[str, Any] = {
+        f.name: xml_text(value)
+        for f in dataclasses.fields(a)
+        if isinstance(value := getattr(a, f.name), str)
+    }
+    cleaned["parameters"] = {xml_text(k): xml_text(v) for k, v in a.parameters.items()}
+    return dataclasses.replace(a, **cleaned)
+
+
+ATOM_NS: Final = "http://www.w3.org/2005/Atom"
+CAP_MEDIA_TYPE: Final = "application/cap+xml"
+ATOM_MEDIA_TYPE: Final = "application/atom+xml"
+
+
+@dataclass(frozen=True)
+class AtomEntry:
+    """One alert in the public feed; `link` (the URL of its CAP document) is also its id."""
+
+    link: str
+    title: str
+    summary: str
+    published: datetime
+    updated: datetime
+    severity: str
+    sector_id: str
+
+
+def render_atom(
+    entries: Sequence[AtomEntry],
+    *,
+    feed_id: str,
+    title: str,
+    author: str,
+    updated: datetime,
+    zone: ZoneInfo,
+) -> bytes:
+    """An Atom 1.0 feed (RFC 4287) of alerts, each entry linking its CAP 1.2 document, as
+    public-alert aggregators read them; `feed_id` is the feed's own URL."""
+
+    def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+        el = ET.SubElement(parent, tag, {k: xml_text(v) for k, v in attrs.items()})
+        if text is not None:
+            el.text = xml_text(text)
+        return el
+
+    # the namespace as a plain attribute of the root, not registered process-wide as a prefix
+    root = ET.Element("feed", xmlns=ATOM_NS)
+    sub(root, "id", feed_id)
+    sub(root, "title", title)
+    sub(root, "updated", cap_time(updated, zone))
+    sub(sub(root, "author"), "name", author)
+    sub(root, "link", rel="self", type=ATOM_MEDIA_TYPE, href=feed_id)
+    for e in entries:
+        entry = sub(root, "entry")
+        sub(entry, "id", e.link)
+        sub(entry, "title", e.title)
+        sub(entry, "published", cap_time(e.published, zone))
+        sub(entry, "updated", cap_time(e.updated, zone))
+        sub(entry, "summary", e.summary)
+        sub(entry, "category", term=e.severity, label=SEVERITY.get(e.severity, e.severity))
+        sub(entry, "category", term=e.sector_id, scheme="urn:ioc:sector")
+        sub(entry, "link", rel="alternate", type=CAP_MEDIA_TYPE, href=e.link)
+    ET.indent(root)
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document

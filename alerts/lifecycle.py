@@ -28,7 +28,14 @@ EventKind = Literal[
     "resolved",
     "reopened",
     "retracted",
+    "commented",
+    "assigned",
+    "published",
+    "unpublished",
 ]
+NOTE_KINDS: Final = frozenset({"commented", "assigned", "published", "unpublished"})
+"""Events that record what people said or decided about an alert (a comment, an assignee, the
+public flag) without changing its condition or status: history, not news for a CAP message."""
 NOTIFY_CHANNEL: Final = "ioc_alert_event"
 SYSTEM_ACTOR: Final = "system"
 
@@ -91,6 +98,14 @@ def _lock_cause(cur: Cursor, key: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
 
+# an alert is listed in the public CAP feed when its rule says so (`params.public`); a rule of
+# its group that says so publishes it when the alert moves to that rule (never withdraws it)
+_PUBLIC_OF: Final = (
+    "coalesce((SELECT r.params -> 'public' = 'true'::jsonb FROM alert_rule r WHERE r.id = {}), "
+    "false)"
+)
+_RULE_PUBLIC: Final = _PUBLIC_OF.format("%s")
+_KEEP_PUBLIC: Final = "public = public OR " + _PUBLIC_OF.format("%(rule_id)s") + ", "
 # a severity's rank in SQL, from the one table of ranks
 _RANK_SQL: Final = (
     "CASE {} "
@@ -100,9 +115,10 @@ _RANK_SQL: Final = (
 _INSERT_ALERT: Final = (
     "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
     "event_id, severity, peak_severity, title, title_en, last_value, last_seen_at, "
-    "condition_started_at, condition_fired_at, detail) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (cause_key) WHERE status <> 'resolved' DO NOTHING RETURNING id"
+    "condition_started_at, condition_fired_at, detail, public) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    + _RULE_PUBLIC
+    + ") ON CONFLICT (cause_key) WHERE status <> 'resolved' DO NOTHING RETURNING id"
 )
 _UPDATE_ACTIVE: Final = (
     "UPDATE alert SET occurrences = occurrences + 1, last_value = %s, last_seen_at = %s, "
@@ -121,7 +137,8 @@ _REOPEN: Final = (
     + _RANK_SQL.format("coalesce(peak_severity, severity)")
     + " THEN %(severity)s ELSE coalesce(peak_severity, severity) END, "
     "title = %(title)s, title_en = %(title_en)s, rule_id = %(rule_id)s, "
-    "updated_at = now(), transitioned_at = now(), confirmed_at = now(), "
+    + _KEEP_PUBLIC
+    + "updated_at = now(), transitioned_at = now(), confirmed_at = now(), "
     "condition_ended_at = NULL "
     "WHERE id = (SELECT id FROM alert WHERE cause_key = %(key)s AND status = 'resolved' "
     "AND NOT retracted AND condition_ended_at BETWEEN %(window)s AND %(started)s "
@@ -136,7 +153,8 @@ _CHANGE_SEVERITY: Final = (
     + _RANK_SQL.format("coalesce(old.peak, old.severity)")
     + " THEN %(severity)s ELSE coalesce(old.peak, old.severity) END, "
     "title = %(title)s, title_en = %(title_en)s, rule_id = %(rule_id)s, "
-    "last_value = %(value)s, last_seen_at = greatest(a.last_seen_at, %(at)s), "
+    + _KEEP_PUBLIC
+    + "last_value = %(value)s, last_seen_at = greatest(a.last_seen_at, %(at)s), "
     "status = CASE WHEN %(raise)s THEN 'open' ELSE a.status END, "
     "acknowledged_at = CASE WHEN %(raise)s THEN NULL ELSE a.acknowledged_at END, "
     "acknowledged_by = CASE WHEN %(raise)s THEN NULL ELSE a.acknowledged_by END, "
@@ -220,6 +238,7 @@ def fire(
             started,
             at,
             Jsonb(info),
+            cause.rule_id,
         ),
     )
     row = cur.fetchone()
@@ -363,7 +382,8 @@ def revise(cur: Cursor, alert_id: int, span: Span) -> tuple[str, str | None, boo
     cur.execute(
         "UPDATE alert a SET severity = %(severity)s, peak_severity = %(peak)s, "
         "rule_id = %(rule_id)s, title = %(title)s, title_en = %(title_en)s, "
-        "condition_started_at = %(started)s, condition_fired_at = %(fired)s, "
+        + _KEEP_PUBLIC
+        + "condition_started_at = %(started)s, condition_fired_at = %(fired)s, "
         "condition_ended_at = %(ended)s, last_seen_at = %(seen)s, last_value = %(value)s, "
         "occurrences = %(occurrences)s, updated_at = now(), confirmed_at = now() "
         "FROM (SELECT id, status, severity, condition_started_at AS s, condition_fired_at AS f, "
@@ -418,9 +438,9 @@ def insert_span(cur: Cursor, cause: Cause, span: Span, *, actor: str) -> int:
         "INSERT INTO alert (cause_key, rule_id, rule_kind, sector_id, source_id, metric, "
         "severity, peak_severity, title, title_en, last_value, last_seen_at, "
         "condition_started_at, condition_fired_at, condition_ended_at, occurrences, detail, "
-        "status, resolved_at, resolved_by) "
+        "status, resolved_at, resolved_by, public) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, CASE WHEN %s THEN now() END, %s) "
+        "%s, CASE WHEN %s THEN now() END, %s, " + _RULE_PUBLIC + ") "
         "ON CONFLICT (cause_key) WHERE status <> 'resolved' DO NOTHING RETURNING id",
         (
             cause.key,
@@ -443,6 +463,7 @@ def insert_span(cur: Cursor, cause: Cause, span: Span, *, actor: str) -> int:
             "resolved" if ended else "open",
             ended,
             actor if ended else None,
+            span.rule_id,
         ),
     )
     row = cur.fetchone()
@@ -530,3 +551,40 @@ def resolve(
 
 def _note(note: str | None) -> dict[str, Any]:
     return {"note": note} if note else {}
+
+
+def comment(cur: Cursor, alert_id: int, *, actor: str, text: str) -> int:
+    """An operator's note on an alert, in any status, listed in its history; the event id."""
+    _status(cur, alert_id)
+    return record(cur, alert_id, "commented", actor=actor, detail={"text": text})
+
+
+def assign(cur: Cursor, alert_id: int, *, actor: str, to: str | None) -> int | None:
+    """Hand an active alert to an agency or a person (None: nobody); the event id, or None when
+    it was assigned so already."""
+    status = _status(cur, alert_id)
+    if status == "resolved":
+        raise AlertConflict(f"alert {alert_id} is resolved; only an active alert is assigned")
+    cur.execute("SELECT assigned_to FROM alert WHERE id = %s", (alert_id,))  # locked above
+    row = cur.fetchone()
+    before = None if row is None else row[0]
+    if before == to:
+        return None
+    cur.execute(
+        "UPDATE alert SET assigned_to = %s, updated_at = now() WHERE id = %s", (to, alert_id)
+    )
+    return record(cur, alert_id, "assigned", actor=actor, detail={"to": to, "from": before})
+
+
+def set_public(cur: Cursor, alert_id: int, *, actor: str, public: bool) -> int | None:
+    """List an alert in the public CAP feed or withdraw it; the event id, or None when it was
+    so already."""
+    _status(cur, alert_id)
+    cur.execute(
+        "UPDATE alert SET public = %s, updated_at = now() WHERE id = %s AND public <> %s "
+        "RETURNING id",
+        (public, alert_id, public),
+    )
+    if cur.fetchone() is None:
+        return None
+    return record(cur, alert_id, "published" if public else "unpublished", actor=actor)
