@@ -14,6 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.openapi import api_routes
+
 REQUEST_SECONDS: Final = Histogram(
     "ioc_http_request_seconds",
     "Time to answer an HTTP request, by route template, method and status",
@@ -112,9 +114,17 @@ class RequestTimer:
 
 
 def _route(scope: Scope) -> str:
-    # the router leaves the matched route in the scope it shares with this middleware
+    # the router leaves the matched route in the scope; routers included with a prefix keep
+    # their routes' own paths, so the full template comes from a map built once per app
     route = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+    if route is None:
+        return "unmatched"
+    app = scope.get("app")
+    paths: dict[int, str] | None = getattr(getattr(app, "state", None), "route_templates", None)
+    if paths is None and app is not None:
+        paths = {id(r): path for path, _, r in api_routes(app)}
+        app.state.route_templates = paths
+    return (paths or {}).get(id(route)) or str(getattr(route, "path", "unmatched"))
 
 
 def registry_collector() -> DatabaseFigures:
