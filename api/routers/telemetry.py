@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import weakref
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
@@ -22,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from api import export, pagination
 from api.auth import HistoryReader, PanelsReader, Principal, TelemetryWriter
+from api.cache import AnswerCache
 from api.context import Context, Ctx
 from api.db import Database
 from api.pagination import Page
@@ -275,72 +274,10 @@ class SeriesCache:
         return found
 
 
-class PanelCache:
-    """Aggregate answers by question. An answer younger than `ANSWER_FRESH_S` is reused as
-    it is; one younger than `ANSWER_STALE_S` is still given at once while one recomputation
-    runs in the background, so screens polling a panel never wait for it; older or missing,
-    it is computed while the caller waits (once, however many ask at the same time)."""
-
-    def __init__(
-        self,
-        fresh_s: float = ANSWER_FRESH_S,
-        stale_s: float = ANSWER_STALE_S,
-        max_entries: int = ANSWER_CACHE_MAX,
-        max_bytes: int = ANSWER_CACHE_BYTES,
-    ) -> None:
-        self.fresh_s = fresh_s
-        self.stale_s = stale_s
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._answers: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
-        self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
-        self._bytes = 0
-
-    async def get(self, key: Hashable, compute: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The answer to `key`, from memory or from `compute`."""
-        hit = self._answers.get(key)
-        if hit is not None:
-            age = time.monotonic() - hit[0]
-            if age < self.stale_s:
-                self._answers.move_to_end(key)
-                if age >= self.fresh_s:
-                    self._start(key, compute)
-                return hit[1]
-        # a task of its own: a caller that goes away does not cancel it for the others
-        return await asyncio.shield(self._start(key, compute))
-
-    def _start(
-        self, key: Hashable, compute: Callable[[], Awaitable[bytes]]
-    ) -> asyncio.Future[bytes]:
-        task = self._pending.get(key)
-        if task is None:
-            task = self._pending[key] = asyncio.ensure_future(compute())
-            task.add_done_callback(lambda done: self._store(key, done))
-        return task
-
-    def _store(self, key: Hashable, done: asyncio.Future[bytes]) -> None:
-        self._pending.pop(key, None)
-        if done.cancelled() or done.exception() is not None:
-            return  # the waiting callers get the error; a background refresh tries again
-        answer = done.result()
-        self._forget(key)
-        if len(answer) > self.max_bytes // 4:
-            return  # a very large answer is given to its askers, not kept
-        self._answers[key] = (time.monotonic(), answer)
-        self._bytes += len(answer)
-        while len(self._answers) > self.max_entries or self._bytes > self.max_bytes:
-            self._forget(next(iter(self._answers)))
-
-    def _forget(self, key: Hashable) -> None:
-        gone = self._answers.pop(key, None)
-        if gone is not None:
-            self._bytes -= len(gone[1])
-
-
 @dataclass
 class _Caches:
     series: SeriesCache
-    answers: PanelCache
+    answers: AnswerCache[bytes]
 
 
 # one set per app (its database pools), so that apps on other databases never share answers
@@ -350,7 +287,16 @@ _CACHES: weakref.WeakKeyDictionary[Database, _Caches] = weakref.WeakKeyDictionar
 def _caches(db: Database) -> _Caches:
     caches = _CACHES.get(db)
     if caches is None:
-        caches = _CACHES[db] = _Caches(SeriesCache(), PanelCache())
+        caches = _CACHES[db] = _Caches(
+            SeriesCache(),
+            AnswerCache(
+                ANSWER_FRESH_S,
+                stale_s=ANSWER_STALE_S,
+                max_entries=ANSWER_CACHE_MAX,
+                max_bytes=ANSWER_CACHE_BYTES,
+                size=len,
+            ),
+        )
     return caches
 
 

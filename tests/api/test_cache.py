@@ -78,3 +78,43 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_others() -> None:
         await first
     gate.set()
     assert await second == "done"
+
+
+async def test_a_stale_answer_is_given_at_once_while_a_new_one_is_computed() -> None:
+    cache: AnswerCache[bytes] = AnswerCache(ttl_s=1e-9, stale_s=3600.0)
+    computed: list[int] = []
+
+    async def compute() -> bytes:
+        computed.append(len(computed) + 1)
+        return str(computed[-1]).encode()
+
+    assert await cache.get("q", compute) == b"1"  # nothing yet: computed while waiting
+    assert await cache.get("q", compute) == b"1"  # stale: given, and a refresh starts
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await cache.get("q", compute) == b"1":
+        assert loop.time() < deadline, "the answer was never refreshed"
+        await asyncio.sleep(0.01)
+
+
+async def test_answers_past_the_byte_budget_push_out_the_least_recent() -> None:
+    cache: AnswerCache[bytes] = AnswerCache(ttl_s=60, max_bytes=400, size=len)
+    runs: list[str] = []
+
+    def answer(key: str, size: int):  # type: ignore[no-untyped-def]
+        async def compute() -> bytes:
+            runs.append(key)
+            return b"x" * size
+
+        return compute
+
+    for key in ("a", "b", "c"):
+        await cache.get(key, answer(key, 100))
+    await cache.get("a", answer("a", 100))  # a hit: "a" is now the most recent
+    await cache.get("d", answer("d", 100))  # 400 bytes: all fit
+    await cache.get("e", answer("e", 100))  # over: "b", the least recent, goes
+    await cache.get("b", answer("b", 100))
+    assert runs == ["a", "b", "c", "d", "e", "b"]
+    await cache.get("huge", answer("huge", 200))  # more than a quarter: given, not kept
+    await cache.get("huge", answer("huge", 200))
+    assert runs[-2:] == ["huge", "huge"]

@@ -3,16 +3,14 @@ caps, raw readings in keyset pages, and HTTP ingest (scope, rejects, alerts, aud
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
-from api.routers.telemetry import PanelCache, carry_forward, reduce
+from api.routers.telemetry import carry_forward, reduce
 from ioc.timeseries import Agg
 from tests.support.api import Api
 from tests.support.ingest import query, unique
@@ -278,53 +276,6 @@ async def test_a_repeated_question_is_answered_from_memory_for_a_moment(api: Api
     assert await lines(api, source="tram-a") == first  # the same panel, polled again
     other = await lines(api, source="tram-a", fn="max")  # another question: computed now
     assert other["tram-a"][-1] == (hour(2), 7.0)
-
-
-async def test_a_stale_answer_is_given_at_once_while_a_new_one_is_computed() -> None:
-    cache = PanelCache(fresh_s=0.0, stale_s=3600.0)
-    computed: list[int] = []
-
-    async def compute() -> bytes:
-        computed.append(len(computed) + 1)
-        return str(computed[-1]).encode()
-
-    assert await cache.get("q", compute) == b"1"  # nothing yet: computed while waiting
-    assert await cache.get("q", compute) == b"1"  # stale: given, and a refresh starts
-    deadline = time.monotonic() + 10
-    while await cache.get("q", compute) == b"1":
-        assert time.monotonic() < deadline, "the answer was never refreshed"
-        await asyncio.sleep(0.01)
-
-    async def broken() -> bytes:
-        raise RuntimeError("database down")
-
-    fresh = PanelCache()
-    with pytest.raises(RuntimeError):
-        await fresh.get("q", broken)  # an error reaches the caller and is not kept
-    assert await fresh.get("q", compute) not in (b"", None)
-
-
-async def test_answers_are_kept_within_a_byte_budget() -> None:
-    cache = PanelCache(max_bytes=80)  # keeps answers of up to 20 bytes, 80 in all
-    computed: list[str] = []
-
-    def answer(key: str, size: int) -> Callable[[], Awaitable[bytes]]:
-        async def compute() -> bytes:
-            computed.append(key)
-            return b"x" * size
-
-        return compute
-
-    for key in "abcd":
-        await cache.get(key, answer(key, 20))
-    await cache.get("a", answer("a", 20))
-    assert computed.count("a") == 1  # 80 bytes: all kept
-    await cache.get("e", answer("e", 20))  # over budget: the least recently asked (b) goes
-    await cache.get("b", answer("b", 20))
-    assert computed.count("b") == 2
-    for _ in range(2):
-        await cache.get("big", answer("big", 21))
-    assert computed.count("big") == 2  # too big to keep
 
 
 def test_how_values_are_carried_and_combined() -> None:
