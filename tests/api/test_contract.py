@@ -1,6 +1,6 @@
 """The OpenAPI contract, fuzzed: schemathesis generates requests for every operation of the
 app's own schema against a real server; no answer may be a 5xx, have an undeclared content
-type, or break its declared schema. Examples per operation: IOC_CONTRACT_EXAMPLES (default 15)."""
+type, or break its declared schema. Examples per operation: IOC_CONTRACT_EXAMPLES (default 40)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.support.ingest import sync
 from tests.support.server import served
 from tests.support.services import create_database, drop_database, unique_name
 
-EXAMPLES = int(os.environ.get("IOC_CONTRACT_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("IOC_CONTRACT_EXAMPLES", "40"))
 
 schema = schemathesis.openapi.from_dict(
     create_app(api_settings("postgresql://nobody@127.0.0.1:1/none")).openapi()
