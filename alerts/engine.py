@@ -23,9 +23,10 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import psycopg
+from psycopg.rows import class_row, dict_row
 
 from alerts import lifecycle
-from alerts.evaluation import Change, Reading, State, run_group
+from alerts.evaluation import Change, Phase, Reading, State, run_group
 from alerts.rules import Group, Rule, RuleIndex
 from alerts.titles import MetricText, deviation_titles, threshold_titles
 
@@ -83,10 +84,10 @@ WHERE s.rule_id = u.rule_id AND s.source_id = u.source_id
 # whatever came before; whether readings lie in that range, and before it
 _ANCHOR: Final = """
 SELECT (SELECT max(ts) FROM reading WHERE series_id = %(sid)s AND ts >= %(floor)s
-          AND ts < %(lo)s AND ({reset})),
+          AND ts < %(lo)s AND ({reset})) AS anchor,
        EXISTS (SELECT 1 FROM reading WHERE series_id = %(sid)s AND ts >= %(floor)s
-               AND ts < %(lo)s),
-       EXISTS (SELECT 1 FROM reading WHERE series_id = %(sid)s AND ts < %(floor)s)
+               AND ts < %(lo)s) AS inside,
+       EXISTS (SELECT 1 FROM reading WHERE series_id = %(sid)s AND ts < %(floor)s) AS older
 """
 # the earliest start of the cause's alerts that may join a condition after `base`
 _CHAINED: Final = """
@@ -172,6 +173,49 @@ class _Work:
 
 
 @dataclass(frozen=True, slots=True)
+class _StateRow:
+    """An `alert_state` row as `_STATE_COLUMNS` reads it."""
+
+    rule_id: int
+    source_id: str
+    state: Phase
+    pending_since: datetime | None
+    last_ts: datetime | None
+    last_value: float | None
+    alert_id: int | None
+    stat_mean: float | None
+    stat_var: float | None
+    stat_samples: int
+
+    def as_state(self) -> State:
+        """The rule's state for evaluation."""
+        return State(
+            phase=self.state,
+            pending_since=self.pending_since,
+            last_ts=self.last_ts,
+            last_value=self.last_value,
+            mean=self.stat_mean,
+            var=self.stat_var,
+            samples=self.stat_samples,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _AlertRow:
+    """An alert of a cause as `_ALERTS_AFTER` reads it."""
+
+    id: int
+    status: str
+    resolved_by: str | None
+    condition_started_at: datetime
+    condition_ended_at: datetime | None
+
+
+_STATE_ROW: Final = class_row(_StateRow)
+_ALERT_ROW: Final = class_row(_AlertRow)
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What one batch did to alerts (for metrics and tests)."""
 
@@ -196,24 +240,25 @@ def load_metric_texts(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], Me
 
 def load_rules(conn: psycopg.Connection[Any]) -> RuleIndex:
     """The enabled rules, indexed."""
-    rows = conn.execute(_LOAD_RULES).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_LOAD_RULES).fetchall()
     return RuleIndex(
         Rule(
-            id=r[0],
-            name=r[1],
-            kind=r[2],
-            sector=r[3],
-            severity=r[4],
-            metric=r[5],
-            direction=r[6],
-            value=r[7],
-            inclusive=r[8],
-            for_s=r[9],
-            clear_at=r[10],
-            district=r[11],
-            source_id=r[12],
-            manual_resolve=r[13],
-            params=r[14] or {},
+            id=r["id"],
+            name=r["name"],
+            kind=r["kind"],
+            sector=r["sector_id"],
+            severity=r["severity"],
+            metric=r["metric"],
+            direction=r["direction"],
+            value=r["threshold"],
+            inclusive=r["inclusive"],
+            for_s=r["for_s"],
+            clear_at=r["clear_at"],
+            district=r["district"],
+            source_id=r["source_id"],
+            manual_resolve=r["manual_resolve"],
+            params=r["params"] or {},
         )
         for r in rows
     )
@@ -368,26 +413,27 @@ class AlertEngine:
     def _groups(self, cur: lifecycle.Cursor, work: list[_Work], counts: _Counts) -> None:
         """Judge the groups that can change: those with a breaching or late reading and those
         not in normal state. A quiet group in normal state stays normal: one locking read."""
-        cur.execute(_LOCK_SOURCES, (sorted({w.source for w in work}),))
-        rows: dict[tuple[int, str], tuple[Any, ...]] = {(r[0], r[1]): r for r in cur.fetchall()}
-        self._drop_harmless_late(cur, work, rows)
-        active = [w for w in work if self._may_change(w, rows)]
-        if not active:
-            return
-        missing = sorted({(r.id, w.source) for w in active for r in w.group.rules} - rows.keys())
-        if missing:
-            rule_ids, sources = [k[0] for k in missing], [k[1] for k in missing]
-            cur.execute(_ENSURE_STATE, (rule_ids, sources))
-            cur.execute(_LOCK_STATE, (rule_ids, sources))
-            rows.update({(r[0], r[1]): r for r in cur.fetchall()})
+        with cur.connection.cursor(row_factory=_STATE_ROW) as state_cur:
+            state_cur.execute(_LOCK_SOURCES, (sorted({w.source for w in work}),))
+            rows = {(r.rule_id, r.source_id): r for r in state_cur.fetchall()}
+            self._drop_harmless_late(cur, work, rows)
+            active = [w for w in work if self._may_change(w, rows)]
+            if not active:
+                return
+            wanted = {(r.id, w.source) for w in active for r in w.group.rules}
+            missing = sorted(wanted - rows.keys())
+            if missing:
+                rule_ids = [rule_id for rule_id, _ in missing]
+                sources = [source for _, source in missing]
+                cur.execute(_ENSURE_STATE, (rule_ids, sources))
+                state_cur.execute(_LOCK_STATE, (rule_ids, sources))
+                rows.update({(r.rule_id, r.source_id): r for r in state_cur.fetchall()})
         saved: list[tuple[int, str, State, int | None]] = []
         touched: tuple[list[int], list[float], list[datetime]] = ([], [], [])
         for w in sorted(active, key=lambda w: (w.group.key, w.source)):
-            states = {r.id: _state(rows[(r.id, w.source)]) for r in w.group.rules}
-            alert_id = next(
-                (rows[(r.id, w.source)][6] for r in w.group.rules if rows[(r.id, w.source)][6]),
-                None,
-            )
+            states = {r.id: rows[(r.id, w.source)].as_state() for r in w.group.rules}
+            ids = (rows[(r.id, w.source)].alert_id for r in w.group.rules)
+            alert_id = next((i for i in ids if i), None)
             result = None
             if w.late and w.group.kind == "threshold":
                 result = self._reevaluate(cur, w, counts)
@@ -410,7 +456,7 @@ class AlertEngine:
             keep = alert_id if held_after or manual else None
             for rule in w.group.rules:
                 after = new_states[rule.id]
-                if after != states[rule.id] or rows[(rule.id, w.source)][6] != keep:
+                if after != states[rule.id] or rows[(rule.id, w.source)].alert_id != keep:
                     saved.append((rule.id, w.source, after, keep))
         if saved:
             cur.execute(
@@ -432,7 +478,7 @@ class AlertEngine:
 
     @staticmethod
     def _drop_harmless_late(
-        cur: lifecycle.Cursor, work: list[_Work], rows: Mapping[tuple[int, str], tuple[Any, ...]]
+        cur: lifecycle.Cursor, work: list[_Work], rows: Mapping[tuple[int, str], _StateRow]
     ) -> None:
         """Forget late readings that cannot change anything, so they cost no re-evaluation: a
         late reading that breaches no rule of its group matters only inside a stretch where
@@ -448,9 +494,9 @@ class AlertEngine:
                 continue
             last = w.late[-1][0]
             starts = [
-                row[3]
+                row.pending_since
                 for r in w.group.rules
-                if (row := rows.get((r.id, w.source))) is not None and row[2] != "normal"
+                if (row := rows.get((r.id, w.source))) is not None and row.state != "normal"
             ]
             if any(start is not None and start <= last for start in starts):
                 continue
@@ -471,12 +517,12 @@ class AlertEngine:
                 w.late = []
 
     @staticmethod
-    def _may_change(w: _Work, rows: Mapping[tuple[int, str], tuple[Any, ...]]) -> bool:
+    def _may_change(w: _Work, rows: Mapping[tuple[int, str], _StateRow]) -> bool:
         if w.late and w.group.kind == "threshold":
             return True
         for rule in w.group.rules:
             row = rows.get((rule.id, w.source))
-            if row is not None and (row[2] != "normal" or row[6] is not None):
+            if row is not None and (row.state != "normal" or row.alert_id is not None):
                 return True
         if w.group.kind == "deviation":
             return True  # its statistics move with every reading
@@ -577,33 +623,33 @@ class AlertEngine:
         reopen = timedelta(seconds=self.reopen_window_s)
         lo = w.late[0][0]
         base: datetime | None = None
-        for _ in range(MAX_CHAIN):
-            params = {"sid": w.sid, "floor": lo - horizon, "lo": lo}
-            cur.execute(anchor_sql, params)
-            row = cur.fetchone()
-            assert row is not None
-            anchor, inside, older = row
-            if anchor is None and inside and older:
-                # the condition may have begun before the horizon: it cannot be judged again
+        with cur.connection.cursor(row_factory=dict_row) as named:
+            for _ in range(MAX_CHAIN):
+                params = {"sid": w.sid, "floor": lo - horizon, "lo": lo}
+                row = named.execute(anchor_sql, params).fetchone()
+                assert row is not None
+                anchor = row["anchor"]
+                if anchor is None and row["inside"] and row["older"]:
+                    # the condition may have begun before the horizon: it cannot be judged again
+                    self.unanchored += len(w.late)
+                    return None
+                base = anchor if anchor is not None else lo - horizon
+                cur.execute(_CHAINED, (cause, base, base - reopen))
+                earlier = (cur.fetchone() or (None,))[0]
+                if earlier is None:
+                    break
+                lo = earlier
+            else:
                 self.unanchored += len(w.late)
                 return None
-            base = anchor if anchor is not None else lo - horizon
-            cur.execute(_CHAINED, (cause, base, base - reopen))
-            earlier = (cur.fetchone() or (None,))[0]
-            if earlier is None:
-                break
-            lo = earlier
-        else:
-            self.unanchored += len(w.late)
-            return None
         assert base is not None
         counts.reevaluated += 1
         cur.execute(_WINDOW, (w.sid, base))
         readings: list[Reading] = [(ts, value) for ts, value in cur.fetchall()]
         outcome = run_group(group, {}, readings)
         spans = self._spans(cur, w, outcome.changes, outcome.last_firing)
-        cur.execute(_ALERTS_AFTER, (cause, base))
-        existing = cur.fetchall()
+        with cur.connection.cursor(row_factory=_ALERT_ROW) as alert_cur:
+            existing = alert_cur.execute(_ALERTS_AFTER, (cause, base)).fetchall()
         return outcome.states, self._reconcile(cur, w, existing, spans, counts)
 
     def _spans(
@@ -665,7 +711,7 @@ class AlertEngine:
         self,
         cur: lifecycle.Cursor,
         w: _Work,
-        existing: Sequence[tuple[Any, ...]],
+        existing: Sequence[_AlertRow],
         spans: list[lifecycle.Span],
         counts: _Counts,
     ) -> int | None:
@@ -674,12 +720,17 @@ class AlertEngine:
         without an alert opens one (resolved at once when it has ended), an alert without a
         span is retracted. An alert a person or the sweeper resolved is left as it is. The id
         of the active alert, if any."""
-        matches: list[tuple[lifecycle.Span, tuple[Any, ...] | None]] = []
+        matches: list[tuple[lifecycle.Span, _AlertRow | None]] = []
         free = list(existing)
         for span in spans:
             end = span.ended or datetime.max.replace(tzinfo=span.started.tzinfo)
             found = next(
-                (a for a in free if a[3] <= end and (a[4] is None or a[4] >= span.started)),
+                (
+                    a
+                    for a in free
+                    if a.condition_started_at <= end
+                    and (a.condition_ended_at is None or a.condition_ended_at >= span.started)
+                ),
                 None,
             )
             if found is not None:
@@ -687,18 +738,18 @@ class AlertEngine:
             matches.append((span, found))
         detail = {"reason": "late readings"}
         manual = w.group.manual_resolve
-        for alert_id, status, resolved_by, _, _ in free:
-            if status == "resolved" and resolved_by != ENGINE_ACTOR:
+        for alert in free:
+            if alert.status == "resolved" and alert.resolved_by != ENGINE_ACTOR:
                 continue
-            if lifecycle.retract(cur, alert_id, actor=ENGINE_ACTOR, detail=detail):
+            if lifecycle.retract(cur, alert.id, actor=ENGINE_ACTOR, detail=detail):
                 counts.retracted += 1
         active: int | None = None
-        for span, alert in matches:
-            if alert is None:
+        for span, found in matches:
+            if found is None:
                 active = self._open_span(cur, w, span, counts) or active
                 continue
-            alert_id, status, resolved_by = alert[0], alert[1], alert[2]
-            if status == "resolved" and resolved_by != ENGINE_ACTOR:
+            alert_id = found.id
+            if found.status == "resolved" and found.resolved_by != ENGINE_ACTOR:
                 continue
             old = lifecycle.revise(cur, alert_id, span)
             if old is None:
@@ -774,15 +825,17 @@ class AlertEngine:
         )
         if not rule_ids or not sources:
             return
-        cur.execute(_SILENCE_RECOVERED, (rule_ids, sorted(sources)))
-        for rule_id, source, alert_id in cur.fetchall():
-            if alert_id is None or index.by_id[rule_id].manual_resolve:
+        with cur.connection.cursor(row_factory=dict_row) as named:
+            recovered = named.execute(_SILENCE_RECOVERED, (rule_ids, sorted(sources))).fetchall()
+        for row in recovered:
+            alert_id = row["alert_id"]
+            if alert_id is None or index.by_id[row["rule_id"]].manual_resolve:
                 continue
             if lifecycle.close(
                 cur,
                 alert_id,
                 actor=ENGINE_ACTOR,
-                detail={"reason": "readings returned", "source": source},
+                detail={"reason": "readings returned", "source": row["source_id"]},
             ):
                 counts.resolved += 1
 
@@ -852,8 +905,3 @@ class _Counts:
             self.resolved += 1
         else:
             self.updated += 1
-
-
-def _state(row: Sequence[Any]) -> State:
-    """A rule's state from its `alert_state` row (`_STATE_COLUMNS`)."""
-    return State(row[2], row[3], row[4], row[5], row[7], row[8], row[9])

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
+from psycopg.rows import dict_row
 
 from alerts import lifecycle
 from alerts.engine import load_rules
@@ -29,6 +30,8 @@ from ioc.db import libpq_url
 from ioc.settings import Settings
 
 log = logging.getLogger("ioc.alerts.sweeper")
+
+_Named = psycopg.Cursor[dict[str, Any]]
 
 SWEEP_LOCK_KEY: Final = 0x10C_A1E7  # the advisory lock all sweepers contend for
 SWEEPER_ACTOR: Final = "sweeper"
@@ -79,20 +82,27 @@ def sweep(
 ) -> SweepReport:
     """One sweep in its own transaction on `conn` (committed here)."""
     now = now or datetime.now(UTC)
-    with conn.transaction(), conn.cursor() as cur:
+    # `cur` for lifecycle calls and single values, `named` for rows read by column name
+    with (
+        conn.transaction(),
+        conn.cursor() as cur,
+        conn.cursor(row_factory=dict_row) as named,
+    ):
         cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (SWEEP_LOCK_KEY,))
         row = cur.fetchone()
         if row is None or not row[0]:
             return SweepReport(ran=False)
         rules = load_rules(conn)
-        silenced = sum(_silence(cur, rule, config, now) for rule in rules.silence())
-        escalated = _escalate(cur, config, now)
-        resolved = _auto_resolve(cur, config, now)
+        silenced = sum(_silence(cur, named, rule, config, now) for rule in rules.silence())
+        escalated = _escalate(cur, named, config, now)
+        resolved = _auto_resolve(cur, named, config, now)
     return SweepReport(True, silenced, escalated, resolved)
 
 
-def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: datetime) -> int:
-    cur.execute(
+def _silence(
+    cur: lifecycle.Cursor, named: _Named, rule: Rule, config: SweepConfig, now: datetime
+) -> int:
+    named.execute(
         _SILENCE_CANDIDATES,
         {
             "sector": rule.sector,
@@ -104,18 +114,23 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
         },
     )
     opened = 0
-    for source, district, _, interval_s in cur.fetchall():
-        after_s = rule.silence_after_s(interval_s)
+    for candidate in named.fetchall():
+        source = candidate["id"]
+        after_s = rule.silence_after_s(candidate["interval_s"])
         # the query compared with the allowance already; no interval known: no allowance
-        if after_s is None or not rule.covers(source, district):
+        if after_s is None or not rule.covers(source, candidate["district"]):
             continue
         # lock the source (ingest updates it in every batch), then look again
-        cur.execute(
-            "SELECT last_reading_at, coalesce(name, id) FROM source WHERE id = %s FOR UPDATE",
+        named.execute(
+            "SELECT last_reading_at, coalesce(name, id) AS name FROM source "
+            "WHERE id = %s FOR UPDATE",
             (source,),
         )
-        locked = cur.fetchone()
-        if locked is None or not is_silent(locked[0], now, max(after_s, config.min_silence_s)):
+        locked = named.fetchone()
+        if locked is None:
+            continue
+        last_reading_at: datetime = locked["last_reading_at"]
+        if not is_silent(last_reading_at, now, max(after_s, config.min_silence_s)):
             continue
         cur.execute(
             "INSERT INTO alert_state (rule_id, source_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -128,8 +143,8 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
         state = cur.fetchone()
         if state is not None and state[0] == "firing":
             continue
-        silent_s = (now - locked[0]).total_seconds()
-        title, title_en = silence_titles(str(locked[1]), silent_s)
+        silent_s = (now - last_reading_at).total_seconds()
+        title, title_en = silence_titles(str(locked["name"]), silent_s)
         cause = lifecycle.Cause(
             key=lifecycle.cause_key(rule.id, source),
             sector=rule.sector,
@@ -146,48 +161,49 @@ def _silence(cur: lifecycle.Cursor, rule: Rule, config: SweepConfig, now: dateti
             serialized=True,  # the alert_state row is locked
             value=None,
             at=now,
-            started=locked[0],
+            started=last_reading_at,
             detail={
                 "rule": rule.name,
-                "last_reading_at": locked[0].isoformat(),
+                "last_reading_at": last_reading_at.isoformat(),
                 "allowed_s": after_s,
             },
         )
         cur.execute(
             "UPDATE alert_state SET state = 'firing', pending_since = %s, alert_id = %s, "
             "updated_at = now() WHERE rule_id = %s AND source_id = %s",
-            (locked[0], alert_id, rule.id, source),
+            (last_reading_at, alert_id, rule.id, source),
         )
         opened += 1
     return opened
 
 
-def _escalate(cur: lifecycle.Cursor, config: SweepConfig, now: datetime) -> int:
+def _escalate(cur: lifecycle.Cursor, named: _Named, config: SweepConfig, now: datetime) -> int:
     """One level for each open critical alert nobody acted on for `escalate_after_s` of wall
     time since its latest transition (opened, reopened, raised, escalated): never more than
     one level a sweep, and a reopened alert starts counting again."""
     if config.escalate_max_level <= 0:
         return 0
     # status = 'open' and transitioned_at: ix_alert_open_transitioned
-    cur.execute(
+    alerts = named.execute(
         "SELECT id, escalation_level, transitioned_at FROM alert "
         "WHERE status = 'open' AND transitioned_at <= %s "
         "AND severity = 'critical' AND escalation_level < %s "
         "ORDER BY id FOR UPDATE SKIP LOCKED",
         (now - timedelta(seconds=config.escalate_after_s), config.escalate_max_level),
-    )
+    ).fetchall()
     done = 0
-    for alert_id, level, transitioned_at in cur.fetchall():
-        unattended_s = (now - transitioned_at).total_seconds()
+    for alert in alerts:
+        unattended_s = (now - alert["transitioned_at"]).total_seconds()
         detail = {"unacknowledged_s": round(unattended_s)}
         # the next level counts from this sweep's clock, the one compared with above
-        if lifecycle.escalate(cur, alert_id, level + 1, detail=detail, at=now):
+        level = alert["escalation_level"] + 1
+        if lifecycle.escalate(cur, alert["id"], level, detail=detail, at=now):
             done += 1
     return done
 
 
 _QUIET_ALERTS: Final = """
-SELECT a.id, greatest(a.confirmed_at, a.transitioned_at)
+SELECT a.id, greatest(a.confirmed_at, a.transitioned_at) AS quiet_since
 FROM alert a LEFT JOIN alert_rule r ON r.id = a.rule_id
 WHERE ((a.status = 'open' AND a.transitioned_at <= %(cutoff)s)
        OR (a.status = 'acknowledged' AND a.transitioned_at <= %(cutoff)s))
@@ -198,17 +214,19 @@ FOR UPDATE OF a SKIP LOCKED
 """
 
 
-def _auto_resolve(cur: lifecycle.Cursor, config: SweepConfig, now: datetime) -> int:
+def _auto_resolve(cur: lifecycle.Cursor, named: _Named, config: SweepConfig, now: datetime) -> int:
     """Resolve active alerts that neither a reading nor a transition confirmed for
     `auto_resolve_s` of wall time (silence alerts and manual-resolve rules excepted)."""
     if config.auto_resolve_s <= 0:
         return 0
     # greatest(confirmed_at, transitioned_at) <= cutoff, spelt so an index on either can serve
-    cur.execute(_QUIET_ALERTS, {"cutoff": now - timedelta(seconds=config.auto_resolve_s)})
+    cutoff = now - timedelta(seconds=config.auto_resolve_s)
+    alerts = named.execute(_QUIET_ALERTS, {"cutoff": cutoff}).fetchall()
     done = 0
-    for alert_id, quiet_since in cur.fetchall():
-        detail = {"reason": "timeout", "quiet_s": round((now - quiet_since).total_seconds())}
-        if lifecycle.close(cur, alert_id, actor=SWEEPER_ACTOR, detail=detail):
+    for alert in alerts:
+        quiet_s = round((now - alert["quiet_since"]).total_seconds())
+        detail = {"reason": "timeout", "quiet_s": quiet_s}
+        if lifecycle.close(cur, alert["id"], actor=SWEEPER_ACTOR, detail=detail):
             done += 1
     return done
 

@@ -12,6 +12,9 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
 
 from alerts.engine import AlertEngine
 from ingest.consumer import Consumer, ConsumerConfig
@@ -33,6 +36,7 @@ REFRESH_JOIN_S: Final = 10.0
 # while the broker has not taken the subscription: log that, first after this, then less often
 WAIT_LOG_FIRST_S: Final = 5.0
 WAIT_LOG_MAX_S: Final = 60.0
+MAX_PORT: Final = 65535
 
 
 def rules_for(settings: Settings, profile: Profile) -> Rules:
@@ -120,6 +124,37 @@ def consumer_config(
     )
 
 
+def serve_metrics(settings: Settings, index: int) -> WSGIServer | None:
+    """Serve this process's Prometheus metrics (the counters of `ingest.metrics`) on port
+    IOC_INGEST_METRICS_PORT + `index` of IOC_HTTP_HOST's interface, one port per worker of a
+    pool; None when the setting is off, or when the port cannot be had (logged: ingest goes
+    on without its metrics rather than stopping)."""
+    base = settings.ingest_metrics_port
+    if not base:
+        return None
+    host, port = settings.http_host, base + index
+    if port > MAX_PORT:
+        log.error(
+            "ingest metrics not served: IOC_INGEST_METRICS_PORT + worker index is past 65535",
+            extra={"worker": index, "port": port},
+        )
+        return None
+    try:
+        server, _ = start_http_server(port, addr=host)
+    except OSError as exc:  # taken (EADDRINUSE), or no such interface
+        log.error(
+            "ingest metrics not served: cannot listen on the port (taken by another process?); "
+            "ingest goes on without them",
+            extra={"worker": index, "host": host, "port": port, "error": str(exc)},
+        )
+        return None
+    log.info(
+        "ingest metrics served",
+        extra={"worker": index, "url": f"http://{host}:{server.server_port}/metrics"},
+    )
+    return server
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -134,7 +169,8 @@ def run_worker(
 ) -> None:
     """Consume until `stop` is set (or SIGTERM/SIGINT when `stop` is None), or until the
     process `supervisor_pid` is gone. The broker being unreachable, or slow to take the
-    subscription, is waited out (and logged), never a reason to exit."""
+    subscription, is waited out (and logged), never a reason to exit. With
+    IOC_INGEST_METRICS_PORT set, worker `index` serves its metrics on that port + `index`."""
     if not 0 <= index < workers:
         raise ConfigError(f"worker index {index} outside a pool of {workers}")
     assignment = assignments_for(settings, profile, workers)[index]
@@ -160,9 +196,13 @@ def run_worker(
         daemon=True,
     )
     refresher.start()
+    metrics = serve_metrics(settings, index)
     try:
         _watch(consumer, writer, stop, index=index, started=started, supervisor=supervisor_pid)
     finally:
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
         refresh_stop.set()
         drained = consumer.stop()
         stats.stop()

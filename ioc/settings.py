@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     ingest_share_group: str = Field(default="ioc-ingest", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=4_294_967_295)
     ingest_stats_interval_s: float = Field(default=60.0, gt=0)
+    ingest_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="worker i of `ioc ingest` serves its Prometheus counters at "
+        "http://{IOC_HTTP_HOST}:{port + i}/metrics (0 or unset: off)",
+    )
 
     # alerts (issue 4)
     alerts_enabled: bool = Field(
