@@ -27,6 +27,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from alerts.lifecycle import NOTE_KINDS
 from ioc.db import libpq_url
 from ioc.mqtt import Protocol, paho_client, parse_mqtt_url, process_client_id
 from ioc.settings import WebhookConfig
@@ -47,7 +48,8 @@ SELECT e.id, e.kind, e.severity, e.status, e.actor, e.detail, e.at,
        a.id AS alert_id, a.cause_key, a.sector_id, a.source_id, a.metric, a.rule_id,
        a.rule_kind, a.event_id, a.title, a.title_en, a.last_value, a.occurrences,
        a.escalation_level, a.opened_at, a.acknowledged_by, a.resolved_by, a.peak_severity,
-       a.condition_started_at, a.condition_fired_at, a.condition_ended_at, a.retracted
+       a.condition_started_at, a.condition_fired_at, a.condition_ended_at, a.retracted,
+       a.assigned_to, a.public
 FROM alert_event e JOIN alert a ON a.id = e.alert_id
 WHERE e.id > %s ORDER BY e.id LIMIT %s
 """
@@ -103,6 +105,8 @@ def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
             "condition_fired_at": _iso(row["condition_fired_at"]),
             "condition_ended_at": _iso(row["condition_ended_at"]),
             "retracted": row["retracted"],
+            "assigned_to": row["assigned_to"],
+            "public": row["public"],
         },
     }
 
@@ -302,7 +306,9 @@ class Dispatcher:
     ) -> bool:
         """True once the event is settled (delivered, not wanted, or refused for good)."""
         doc = event_document(row)
-        if not self.channel.wants(doc):
+        # what people noted about an alert (comments, assignment, publication) is for the
+        # operations room, not for outside receivers
+        if row["kind"] in NOTE_KINDS or not self.channel.wants(doc):
             return True
         body = orjson.dumps(doc)
         backoff = self.backoff_start_s

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from alerts import lifecycle
+from alerts import actions, lifecycle
 from alerts.notify import MqttChannel, WebhookChannel, _lock_key
 from ingest.items import Item
 from ioc.db import libpq_url
@@ -293,3 +293,22 @@ def test_an_alert_without_condition_times_has_nulls(synced_db: str, receiver: Re
     assert alert["peak_severity"] is None
     assert alert["retracted"] is False
     assert [alert[f"condition_{k}_at"] for k in ("started", "fired", "ended")] == [None] * 3
+
+
+def test_notes_on_an_alert_stay_in_the_operations_room(synced_db: str, receiver: Receiver) -> None:
+    """Comments, assignments and publication are history, not news: no webhook gets them."""
+    with dispatching(synced_db, webhook(receiver.url)) as dispatcher:
+        dispatcher.dispatch_pending()
+        with engine_writer(synced_db) as writer:
+            feed(writer, breach("tram-n1"))
+        (alert_id,) = query(synced_db, "SELECT id FROM alert WHERE source_id = 'tram-n1'")[0]
+        with psycopg.connect(libpq_url(synced_db)) as conn:
+            actions.comment(conn, alert_id=alert_id, actor="key:x:ca 1", text="gọi trạm")
+            actions.assign(conn, alert_id=alert_id, actor="key:x:ca 1", to="Chi cục Thủy lợi")
+            actions.publish(conn, alert_id=alert_id, actor="key:x:ca 1", public=True)
+            actions.acknowledge(conn, alert_id=alert_id, actor="key:x:ca 1")
+        assert dispatcher.dispatch_pending() == 5
+    kinds = [orjson.loads(body)["kind"] for _, body in receiver.requests]
+    assert list(dict.fromkeys(kinds)) == ["opened", "acknowledged"]  # (after two 503s)
+    last = orjson.loads(receiver.requests[-1][1])["alert"]
+    assert (last["assigned_to"], last["public"]) == ("Chi cục Thủy lợi", True)
