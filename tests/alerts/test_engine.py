@@ -161,15 +161,22 @@ def test_two_workers_feeding_one_source_keep_exactly_one_active_alert(synced_db:
             t.start()
         for t in threads:
             t.join(90)
+    # a worker's readings may reach the engine after the other's newer ones: judged again as
+    # late readings, an alert may be withdrawn for the one the sorted history gives (retracted,
+    # resolved, kept for the record): those are not counted
     rows = query(
         synced_db,
-        "SELECT count(*) FILTER (WHERE status <> 'resolved'), count(*) FROM alert "
-        "WHERE source_id = 'tram-6'",
+        "SELECT count(*) FILTER (WHERE status <> 'resolved'), count(*) FILTER (WHERE NOT "
+        "retracted) FROM alert WHERE source_id = 'tram-6'",
     )
     active, total = rows[0]
     assert isinstance(active, int) and isinstance(total, int)
     assert active <= 1
-    assert 1 <= total <= 6
+    assert 1 <= total <= 6, query(
+        synced_db,
+        "SELECT id, status, retracted, condition_started_at, condition_fired_at, "
+        "condition_ended_at, occurrences FROM alert WHERE source_id = 'tram-6' ORDER BY id",
+    )
     # no batch failed on the one-active-alert index: every reading stored, nothing rejected
     assert query(synced_db, "SELECT reason, detail FROM ingest_reject") == []
     assert query(synced_db, "SELECT count(*) FROM reading") == [(6 * 40,)]
