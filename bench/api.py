@@ -270,6 +270,23 @@ def run(url: str, headers: dict[str, str], args: argparse.Namespace) -> None:
     panel = "/api/v1/telemetry/aggregate?" + urlencode(
         {"sector": PANEL_SECTOR, "metric": PANEL_METRIC, "bucket": "1m", "fn": "avg", **day}
     )
+    combined = panel + "&per=all"
+    # questions never asked before (the end moved by whole minutes): each one computed
+    fresh = [
+        "/api/v1/telemetry/aggregate?"
+        + urlencode(
+            {
+                "sector": PANEL_SECTOR,
+                "metric": PANEL_METRIC,
+                "bucket": "1m",
+                "fn": "avg",
+                "per": "all",
+                "from": (now - timedelta(days=1, minutes=i)).isoformat(),
+                "to": (now - timedelta(minutes=i)).isoformat(),
+            }
+        )
+        for i in range(1, 41)
+    ]
     hourly = "/api/v1/telemetry/aggregate?" + urlencode(
         {"sector": PANEL_SECTOR, "metric": PANEL_METRIC, "bucket": "1h", "fn": "avg", **month}
     )
@@ -286,6 +303,13 @@ def run(url: str, headers: dict[str, str], args: argparse.Namespace) -> None:
         p = load(base, [panel], headers, concurrency=c, seconds=secs)
         print(p.line("panel 24 h x 1 min"))
         print(f"  ratio to baseline rate: {p.rps / floor.rps:.3f}")
+        pa = load(base, [combined], headers, concurrency=c, seconds=secs)
+        print(pa.line("panel 24 h x 1 min, sources combined (per=all)"))
+        print(f"  ratio to baseline rate: {pa.rps / floor.rps:.3f}")
+        cold = run_load(
+            base, fresh, headers=headers, concurrency=1, seconds=120, max_requests=len(fresh)
+        )
+        print(cold.line("panel 24 h x 1 min, per=all, computed afresh (no cache), one at a time"))
         h = load(base, [hourly], headers, concurrency=4, seconds=secs)
         print(h.line("range 30 d x 1 h"))
         rows, seconds, before, peak = export(base, export_path, headers, proc)
