@@ -9,8 +9,13 @@ The database is filled with SQL (10,000 sources, one series each, readings every
 over 30 days: 1,000 per series; some open alerts). The API runs as a real uvicorn server in a
 process of its own (its RSS is sampled); the load comes from keep-alive connections of this
 process (bench/httpload.py). Each figure is printed with a ratio against a baseline measured
-in the same run: `/healthz` for request rates (the framework's floor on this machine), the
-same SQL run directly for aggregates, a direct COPY of the same rows for the export.
+in the same run: `/healthz` for request rates (the framework's floor on this machine), a
+direct COPY of the same rows for the export, raw rows for the continuous aggregates.
+
+No native TimescaleDB server is reachable here: the continuous-aggregate ratio is measured on
+the WASM TimescaleDB the tests use (PGlite, one session), through `ioc.timeseries.aggregate`
+rather than the API (the API holds several connections; PGlite serves one). Its absolute
+times say nothing about a native server; the ratio shows the aggregates' effect.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchlib import fresh_database
 from httpload import LoadResult, run_load
 
@@ -177,18 +183,6 @@ def load(
     return run_load(base, urls, headers=headers, concurrency=concurrency, seconds=seconds)
 
 
-def sql_time(url: str, sql: str, params: dict[str, object], repeat: int = 20) -> float:
-    """Median milliseconds of running `sql` directly."""
-    times = []
-    with psycopg.connect(libpq_url(url)) as conn:
-        for _ in range(repeat):
-            started = time.perf_counter()
-            conn.execute(sql, params).fetchall()
-            times.append(time.perf_counter() - started)
-    times.sort()
-    return 1000 * times[len(times) // 2]
-
-
 def export(
     base: str, path: str, headers: dict[str, str], proc: psutil.Process
 ) -> tuple[int, float, int, int]:
@@ -236,6 +230,70 @@ def direct_copy(
     return rows, time.perf_counter() - started
 
 
+def timescale_ratio(series: int, per_series: int) -> None:
+    """On the WASM TimescaleDB of the tests (no native server here): the 30 d x 1 h question
+    through `ioc.timeseries.aggregate`, from the continuous aggregates and from raw rows."""
+    import asyncio
+
+    from sqlalchemy.pool import NullPool
+
+    from ioc import migrate
+    from ioc.db import make_engine
+    from ioc.timeseries import Storage, aggregate, detect_storage
+    from tests.support.pglite import pglite_timescale
+
+    with pglite_timescale(require=True) as ts_url:
+        assert ts_url is not None
+        migrate.upgrade(ts_url, timescale="on", retention_days=365)
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        step_s = SPAN.total_seconds() / per_series
+        started = time.perf_counter()
+        with psycopg.connect(libpq_url(ts_url), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO reading (series_id, ts, value) SELECT s, "
+                "%(end)s - make_interval(secs => i * %(step)s), 50 + 20 * sin(i / 12.0 + s) "
+                "FROM generate_series(1, %(series)s) s, generate_series(0, %(per)s - 1) i",
+                {"end": end, "step": step_s, "series": series, "per": per_series},
+            )
+            for view in ("reading_1m", "reading_1h", "reading_1d"):
+                conn.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, NULL)")
+        print(
+            f"TimescaleDB (PGlite, WASM): {series * per_series:,} readings of {series} series "
+            f"stored and aggregated in {time.perf_counter() - started:.0f} s"
+        )
+
+        async def timed(storage: Storage | None) -> list[float]:
+            engine = make_engine(ts_url, poolclass=NullPool)
+            times = []
+            try:
+                async with engine.connect() as conn:
+                    found = await detect_storage(conn)
+                    for _ in range(5):
+                        t0 = time.perf_counter()
+                        await aggregate(
+                            conn,
+                            series_ids=range(1, series + 1),
+                            start=end - SPAN,
+                            end=end,
+                            bucket="1h",
+                            fn="avg",
+                            tz="Asia/Ho_Chi_Minh",
+                            storage=storage or found,
+                        )
+                        times.append(time.perf_counter() - t0)
+            finally:
+                await engine.dispose()
+            return sorted(times)
+
+        cagg = asyncio.run(timed(None))
+        raw = asyncio.run(timed(Storage()))
+        print(
+            f"  30 d x 1 h over {series} series: continuous aggregate median "
+            f"{1000 * cagg[2]:.0f} ms, raw rows median {1000 * raw[2]:.0f} ms; "
+            f"ratio raw/aggregate {raw[2] / cagg[2]:.1f}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -247,7 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--quick", action="store_true", help="a tenth of the readings")
+    parser.add_argument(
+        "--timescale-series",
+        type=int,
+        default=30,
+        help="series (a reading a minute for 30 days) for the TimescaleDB (WASM) ratio; 0: skip",
+    )
     args = parser.parse_args(argv)
+    if args.timescale_series:
+        timescale_ratio(args.timescale_series, per_series=43_200)
     per_series = args.per_series // 10 if args.quick else args.per_series
     with fresh_database(args.database_url, "api", "pg", profile=PROFILE) as url:
         print(f"filling {args.sources} sources x {per_series} readings ...")
