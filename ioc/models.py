@@ -227,6 +227,7 @@ class Alert(Base):
             "transitioned_at",
             postgresql_where=text("status = 'open'"),
         ),
+        Index("ix_alert_opened_at_id", "opened_at", "id"),  # the API's list, newest first
         Index(
             "ix_alert_active_status_severity",
             "status",

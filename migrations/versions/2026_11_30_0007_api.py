@@ -1,5 +1,6 @@
 """The HTTP API: an agency event's handling status, an alert's assignee and public flag, the
-answers kept for `Idempotency-Key` retries, and an index to find a target's audit rows.
+answers kept for `Idempotency-Key` retries, and indexes for the API's lists (alerts newest
+first, a target's audit rows).
 
 Revision ID: 0007
 Revises: 0006
@@ -51,9 +52,11 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_idempotent_request_created_at"), "idempotent_request", ["created_at"])
     op.create_index(op.f("ix_audit_log_target"), "audit_log", ["target"])
+    op.create_index("ix_alert_opened_at_id", "alert", ["opened_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_alert_opened_at_id", table_name="alert")
     op.drop_index(op.f("ix_audit_log_target"), table_name="audit_log")
     op.drop_index(op.f("ix_idempotent_request_created_at"), table_name="idempotent_request")
     op.drop_table("idempotent_request")
