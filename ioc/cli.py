@@ -23,7 +23,7 @@ from ioc.audit import cli_actor
 from ioc.catalogue import Profile, bundled_profile_names, load_profile
 from ioc.db import libpq_url, redact
 from ioc.errors import ConfigError, DatabaseError, IocError
-from ioc.keys import create_key, list_keys, revoke_key
+from ioc.keys import create_key, list_keys, replace_named_key, revoke_key
 from ioc.logs import configure_logging
 from ioc.runtime import Prepared, database, prepare
 from ioc.settings import Settings, get_settings
@@ -269,6 +269,8 @@ def _start_workers(settings: Settings, url: str, stop: threading.Event) -> list[
         )
     return threads
 
+
+DEMO_KEY_NAME = "ioc demo"
 
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -528,6 +530,14 @@ def demo(
     _exit_on_sigterm()
     with database(settings) as url:
         done = _prepare(url, settings, profile)
+        with psycopg.connect(libpq_url(url)) as conn:
+            _, demo_key = replace_named_key(
+                conn,
+                name=DEMO_KEY_NAME,
+                role=Role.ADMIN,
+                pepper=settings.api_key_pepper.get_secret_value(),
+                actor=cli_actor(),
+            )
         broker = None
         mqtt_url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else None
         if mqtt_url is None:
@@ -579,6 +589,7 @@ def demo(
                     + f"\nsimulate {sources} sources, {rate:g} msg/s"
                     + "\nalerts   rules from the profile; sweeper; notifier on MQTT"
                     + f"\nAPI      http://{host}:{port}  (docs: /docs, health: /readyz)"
+                    + f"\nkey      {demo_key}  (admin; a new one each start)"
                     f"\ndata     {settings.data_dir}\n[dim]Ctrl-C stops everything.[/]",
                     title="ioc demo",
                 )

@@ -149,3 +149,14 @@ def revoke_key(conn: psycopg.Connection[Any], *, prefix: str, actor: str) -> Api
     key = _from_row(row)
     record_audit(conn, actor=actor, action="key.revoke", target=f"key:{key.prefix}")
     return key
+
+
+def replace_named_key(
+    conn: psycopg.Connection[Any], *, name: str, role: Role | str, pepper: str, actor: str
+) -> tuple[ApiKey, str]:
+    """Revoke the live keys called `name` and make a new one (`ioc demo`'s key each start)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT prefix FROM api_key WHERE name = %s AND revoked_at IS NULL", (name,))
+        for row in cur.fetchall():
+            revoke_key(conn, prefix=row["prefix"], actor=actor)
+    return create_key(conn, name=name, role=role, pepper=pepper, actor=actor)

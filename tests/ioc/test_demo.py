@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
+import threading
 import time
 
 import httpx
@@ -17,6 +19,7 @@ from tests.support.services import shared_tmp
 pytestmark = pytest.mark.embedded
 
 READY_DEADLINE_S = 90
+KEY = re.compile(r"ioc_[a-z0-9]{8}_[A-Za-z0-9_-]{20,}")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -30,6 +33,10 @@ def test_demo_serves_a_ready_api_and_stops_everything(stop: signal.Signals) -> N
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + READY_DEADLINE_S
         ready = None
@@ -49,14 +56,29 @@ def test_demo_serves_a_ready_api_and_stops_everything(stop: signal.Signals) -> N
         wait_until(lambda: query(db, "SELECT count(*) FROM reading")[0][0] > 0, what="readings")
         sectors = query(db, "SELECT count(DISTINCT sector_id) FROM source")[0][0]
         assert sectors >= 2
+        # the key it prints opens the API
+        key = wait_until(
+            lambda: next((m.group(0) for line in lines if (m := KEY.search(line))), None),
+            what="the demo's key",
+        )
+        overview = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/sectors",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert overview.status_code == 200
+        assert {s["id"] for s in overview.json()["sectors"]} >= {"water"}
     finally:
         proc.send_signal(stop)
         try:
-            output, _ = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         finally:
             if proc.poll() is None:  # it did not stop: kill it, so no later test inherits it
                 proc.kill()
-                proc.communicate()
+                proc.wait()
+        reader.join(10)
+        proc.stdout.close()
+    output = "".join(lines)
     assert proc.returncode == 0, output
     assert "ioc demo" in output and "mekong" in output
     # the embedded PostgreSQL was stopped on exit
