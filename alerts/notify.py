@@ -1,12 +1,13 @@
 """Notifiers: alert events go out after commit, on MQTT and to webhooks, from `alert_event`.
 
-Each channel has a cursor (`notify_cursor`, the last alert event id it finished) and delivers in
-id order, at least once. A failing channel retries the same event with capped backoff and
-records every attempt in `alert_delivery`; nothing is lost while it is down, because the events
-stay in `alert_event`. A receiver that refuses an event for good (HTTP 4xx other than 408 and
-429) gets it recorded as failed and the channel moves on. One dispatcher per channel runs at a
-time (a session advisory lock); others wait as standbys. Notifiers run in their own threads or
-process, never in the ingest path.
+Each channel has a cursor (`notify_cursor.last_id`: the `seq` of the last alert event it
+finished) and delivers in commit order (`alert_event.seq`), at least once: an event committed
+after a newer-numbered one is not skipped. A failing channel retries the same event with
+capped backoff and records every attempt in `alert_delivery`; nothing is lost while it is
+down, because the events stay in `alert_event`. A receiver that refuses an event for good
+(HTTP 4xx other than 408 and 429) gets it recorded as failed and the channel moves on. One
+dispatcher per channel runs at a time (a session advisory lock); others wait as standbys.
+Notifiers run in their own threads or process, never in the ingest path.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ SIGNATURE_HEADER: Final = "X-IOC-Signature"
 MQTT_TOPIC_PREFIX: Final = f"{TOPIC_ROOT}/alerts"
 
 _PENDING: Final = """
-SELECT e.id, e.kind, e.severity, e.status, e.actor, e.detail, e.at,
+SELECT e.id, e.seq, e.kind, e.severity, e.status, e.actor, e.detail, e.at,
        a.id AS alert_id, a.cause_key, a.sector_id, a.source_id, a.metric, a.rule_id,
        a.rule_kind, a.event_id, a.title, a.title_en, a.last_value, a.occurrences,
        a.escalation_level, a.opened_at, a.acknowledged_by, a.resolved_by, a.peak_severity,
        a.condition_started_at, a.condition_fired_at, a.condition_ended_at, a.retracted,
        a.assigned_to, a.public
 FROM alert_event e JOIN alert a ON a.id = e.alert_id
-WHERE e.id > %s ORDER BY e.id LIMIT %s
+WHERE e.seq > %s ORDER BY e.seq LIMIT %s
 """
 
 
@@ -266,7 +267,7 @@ class Dispatcher:
     def _cursor(self, conn: psycopg.Connection[Any]) -> int:
         conn.execute(
             "INSERT INTO notify_cursor (channel, last_id) "
-            "VALUES (%s, coalesce((SELECT max(id) FROM alert_event), 0)) "
+            "VALUES (%s, coalesce((SELECT max(seq) FROM alert_event), 0)) "
             "ON CONFLICT DO NOTHING",
             (self.channel.name,),
         )
@@ -291,7 +292,7 @@ class Dispatcher:
                 for row in rows:
                     if not self._deliver_one(conn, row, stop):
                         return done
-                    cursor = int(row["id"])
+                    cursor = int(row["seq"])
                     conn.execute(
                         "UPDATE notify_cursor SET last_id = %s, updated_at = now() "
                         "WHERE channel = %s",

@@ -276,10 +276,11 @@ class Alert(Base):
 
 
 class AlertEvent(Base):
-    """Append-only history of alerts; `id` is the websocket resume cursor."""
+    """Append-only history of alerts. `seq` numbers events in commit order (set at commit by
+    a trigger, migration 0008): readers follow it, never `id`, to miss nothing."""
 
     __tablename__ = "alert_event"
-    __table_args__ = (Index(None, "alert_id"),)
+    __table_args__ = (Index(None, "alert_id"), Index("uq_alert_event_seq", "seq", unique=True))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     alert_id: Mapped[int] = mapped_column(ForeignKey("alert.id", ondelete="CASCADE"))
@@ -289,10 +290,11 @@ class AlertEvent(Base):
     actor: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     at: Mapped[datetime] = _now()
+    seq: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class NotifyCursor(Base):
-    """How far a notifier channel has delivered the alert events (by `alert_event.id`)."""
+    """How far a notifier channel has delivered the alert events (by `alert_event.seq`)."""
 
     __tablename__ = "notify_cursor"
 

@@ -312,3 +312,35 @@ def test_notes_on_an_alert_stay_in_the_operations_room(synced_db: str, receiver:
     assert list(dict.fromkeys(kinds)) == ["opened", "acknowledged"]  # (after two 503s)
     last = orjson.loads(receiver.requests[-1][1])["alert"]
     assert (last["assigned_to"], last["public"]) == ("Chi cục Thủy lợi", True)
+
+
+def test_an_event_committed_after_a_later_numbered_one_is_still_delivered(
+    synced_db: str, receiver: Receiver
+) -> None:
+    """Transactions commit in any order: a batch still open holds an older event while an
+    operator's action commits a newer one. The notifier must deliver both, in commit order."""
+    with engine_writer(synced_db) as writer:
+        feed(writer, breach("tram-c1"), breach("tram-c2"))
+    first, second = (
+        row[0]
+        for row in query(
+            synced_db,
+            "SELECT id FROM alert WHERE source_id IN ('tram-c1', 'tram-c2') ORDER BY source_id",
+        )
+    )
+    with dispatching(synced_db, webhook(receiver.url)) as dispatcher:
+        dispatcher.dispatch_pending()
+        receiver.requests.clear()
+        slow = psycopg.connect(libpq_url(synced_db))
+        try:
+            actions.comment(slow, alert_id=first, actor="key:x:a", text="x")  # not news
+            actions.acknowledge(slow, alert_id=first, actor="key:x:a")  # held, uncommitted
+            with psycopg.connect(libpq_url(synced_db)) as quick:
+                actions.acknowledge(quick, alert_id=second, actor="key:x:b")
+            dispatcher.dispatch_pending()
+            slow.commit()
+        finally:
+            slow.close()
+        dispatcher.dispatch_pending()
+    delivered = [orjson.loads(body)["alert"]["id"] for _, body in receiver.requests]
+    assert list(dict.fromkeys(delivered)) == [second, first]
