@@ -44,7 +44,8 @@ HTTP_TIMEOUT_S: Final = 10.0
 SIGNATURE_HEADER: Final = "X-IOC-Signature"
 MQTT_TOPIC_PREFIX: Final = f"{TOPIC_ROOT}/alerts"
 
-_PENDING: Final = """
+# alert events past a `seq`, in commit order, with their alert (what every channel sends)
+EVENTS_AFTER: Final = """
 SELECT e.id, e.seq, e.kind, e.severity, e.status, e.actor, e.detail, e.at,
        a.id AS alert_id, a.cause_key, a.sector_id, a.source_id, a.metric, a.rule_id,
        a.rule_kind, a.event_id, a.title, a.title_en, a.last_value, a.occurrences,
@@ -71,7 +72,7 @@ def _iso(at: datetime | None) -> str | None:
 
 
 def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON document of one alert event (a row of `_PENDING`), as every channel sends it.
+    """The JSON document of one alert event (a row of `EVENTS_AFTER`), as every channel sends it.
 
     `severity` and `status` are the alert's at this event; `title` is Vietnamese, `title_en`
     English; the `condition_*` times are reading times (started, lasted long enough, ended).
@@ -286,7 +287,7 @@ class Dispatcher:
             cursor = self._cursor(conn)
             while True:
                 with conn.cursor(row_factory=dict_row) as cur:
-                    rows = cur.execute(_PENDING, (cursor, BATCH)).fetchall()
+                    rows = cur.execute(EVENTS_AFTER, (cursor, BATCH)).fetchall()
                 if not rows:
                     return done
                 for row in rows:
