@@ -14,9 +14,10 @@ from api import docs, openapi, problems
 from api.auth import KeyStore
 from api.context import Context
 from api.db import Database
+from api.feed import AlertFeed
 from api.limits import BodyLimit, RateLimiter
 from api.metrics import RequestTimer
-from api.routers import alerts, audit, cap, events, ops, overview, rules, sources, telemetry
+from api.routers import alerts, audit, cap, events, ops, overview, rules, sources, telemetry, ws
 from ingest.http import HttpIngest
 from ingest.worker import rules_for, writer_for
 from ioc.catalogue import load_profile
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer = writer_for(settings, url)
         writer.start()
         pruner = None
+        feed: AlertFeed | None = None
         try:
             async with db.engine.connect() as conn:
                 storage = await detect_storage(conn)
@@ -76,10 +78,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache_s=settings.api_key_cache_s,
             )
             app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_min)
+            feed = AlertFeed(url)
+            await feed.start()
+            app.state.feed = feed
             if not storage.timescale:
                 pruner = asyncio.create_task(retention_loop(db.engine, settings.retention_days))
             yield
         finally:
+            if feed is not None:
+                await feed.stop()
             if pruner is not None:
                 pruner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -102,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestTimer)
     app.include_router(ops.router)
+    app.include_router(ws.router)
     for module in (overview, sources, telemetry, events, alerts, cap, rules, audit):
         router = module.router
         app.include_router(router, prefix=API_PREFIX)

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     api_public_url: str = Field(
         default="", description="the API's public base URL, for links in the CAP Atom feed"
     )
+    ws_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="alert events one websocket client may have waiting; beyond, it is closed "
+        "(4408) and resumes with its cursor",
+    )
+    ws_heartbeat_s: float = Field(default=15.0, gt=0, le=3600)
     cap_sender: str = Field(default="ioc@localhost", description="CAP <sender>")
     cap_sender_name: str = Field(default="", description="CAP <senderName>; empty: the profile's")
 

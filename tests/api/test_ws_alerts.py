@@ -1,0 +1,151 @@
+"""`/ws/alerts` on a real uvicorn with a real websocket client: authentication, replay from a
+cursor then live with no gap and no duplicate while events are committed, filters and agency
+scope, and a client too far behind closed with 4408 while another keeps receiving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from alerts import actions
+from ioc.db import libpq_url
+from tests.api.test_feed import PER_WRITER, WRITERS, _alerts, _committed, _write
+from tests.support.api import make_key
+from tests.support.server import served
+
+TIMEOUT_S = 30
+
+
+@pytest.fixture
+def server(synced_db: str) -> Iterator[str]:
+    with served(synced_db, ws_heartbeat_s=0.5) as base:
+        yield base.replace("http://", "ws://")
+
+
+async def _messages(ws: ClientConnection, until: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while not until(out):
+            out.append(orjson.loads(await ws.recv()))
+    return out
+
+
+def _events(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == "event"]
+
+
+async def test_no_key_a_bad_key_or_a_role_without_alerts_is_refused(
+    server: str, synced_db: str
+) -> None:
+    for url, protocols in (
+        (f"{server}/ws/alerts", None),
+        (f"{server}/ws/alerts?key=ioc_nope", None),
+        (f"{server}/ws/alerts", ["ioc.v1", "bearer.ioc_abcdefgh_" + "x" * 40]),
+    ):
+        async with connect(url, subprotocols=protocols, open_timeout=TIMEOUT_S) as ws:
+            if protocols is None and "key=" not in url:
+                await ws.send(orjson.dumps({"type": "auth", "key": "nonsense"}).decode())
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    viewer = make_key(synced_db, "viewer")
+    async with connect(f"{server}/ws/alerts?min_severity=apocalyptic&key={viewer}") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+
+
+async def test_replay_then_live_with_no_gap_and_no_duplicate(server: str, synced_db: str) -> None:
+    alert_ids = _alerts(synced_db)
+    errors: list[BaseException] = []
+    _write(synced_db, alert_ids, 99, errors)
+    since = _committed(synced_db, 0)[PER_WRITER // 2]
+    key = make_key(synced_db, "operator")
+    writers = [
+        threading.Thread(target=_write, args=(synced_db, alert_ids, seed, errors))
+        for seed in range(WRITERS)
+    ]
+    async with connect(
+        f"{server}/ws/alerts?since={since}",
+        subprotocols=["ioc.v1", f"bearer.{key}"],  # type: ignore[list-item]
+        max_size=None,
+    ) as ws:
+        assert ws.subprotocol == "ioc.v1"
+        for w in writers:
+            w.start()
+        for w in writers:
+            await asyncio.to_thread(w.join, 60)
+        assert errors == []
+        expected = _committed(synced_db, since)
+        got = await _messages(ws, lambda out: len(_events(out)) >= len(expected))
+    assert [m["cursor"] for m in _events(got)] == expected
+    assert [m["type"] for m in got].count("live") == 1
+    assert all(m["event"]["kind"] == "commented" for m in _events(got))
+
+
+async def test_filters_and_agency_scope(server: str, synced_db: str) -> None:
+    water, environment = _alerts(synced_db)
+    agency = make_key(synced_db, "agency", sectors=["water"])
+    admin = make_key(synced_db, "admin")
+    async with (
+        connect(f"{server}/ws/alerts?key={agency}") as mine,
+        connect(f"{server}/ws/alerts?key={admin}&sectors=environment") as theirs,
+        connect(f"{server}/ws/alerts?key={admin}&min_severity=critical") as critical,
+    ):
+        for ws in (mine, theirs, critical):
+            assert (await _messages(ws, lambda out: bool(out)))[0]["type"] == "live"
+        with psycopg.connect(libpq_url(synced_db)) as conn:
+            actions.comment(conn, alert_id=water, actor="t", text="w")
+            conn.commit()
+            actions.comment(conn, alert_id=environment, actor="t", text="e")
+        got_mine = await _messages(mine, lambda out: bool(_events(out)))
+        got_theirs = await _messages(theirs, lambda out: bool(_events(out)))
+        assert _events(got_mine)[0]["event"]["alert"]["id"] == water
+        assert _events(got_theirs)[0]["event"]["alert"]["id"] == environment
+        beats = await _messages(critical, lambda out: len(out) >= 2)  # warning alerts: none
+        assert {m["type"] for m in beats} == {"heartbeat"}
+    async with connect(f"{server}/ws/alerts?key={agency}&sectors=environment") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_a_client_too_far_behind_is_closed_and_others_keep_receiving(
+    synced_db: str,
+) -> None:
+    water, environment = _alerts(synced_db)
+    admin = make_key(synced_db, "admin")
+    with served(synced_db, ws_queue_max=5) as base:
+        await _behind_and_other(
+            base.replace("http://", "ws://"), synced_db, admin, water, environment
+        )
+
+
+async def _behind_and_other(
+    server: str, synced_db: str, admin: str, water: int, environment: int
+) -> None:
+    async with (
+        connect(f"{server}/ws/alerts?key={admin}&sectors=water") as behind,
+        connect(f"{server}/ws/alerts?key={admin}&sectors=environment") as other,
+    ):
+        for ws in (behind, other):
+            await _messages(ws, lambda out: bool(out))
+        with psycopg.connect(libpq_url(synced_db)) as conn:
+            for i in range(20):  # one commit: more than the 5 the server may queue at once
+                actions.comment(conn, alert_id=water, actor="t", text=str(i))
+            conn.commit()
+            actions.comment(conn, alert_id=environment, actor="t", text="still here")
+        with pytest.raises(ConnectionClosed) as closed:
+            await _messages(behind, lambda out: False)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408
+        assert "since=" in closed.value.rcvd.reason
+        got = await _messages(other, lambda out: bool(_events(out)))
+        assert _events(got)[0]["event"]["detail"]["text"] == "still here"
