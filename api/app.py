@@ -16,8 +16,10 @@ from api.context import Context
 from api.db import Database
 from api.feed import AlertFeed
 from api.limits import BodyLimit, RateLimiter
+from api.live import LivePanels
 from api.metrics import RequestTimer
 from api.routers import alerts, audit, cap, events, ops, overview, rules, sources, telemetry, ws
+from api.routers.overview import sector_figures
 from ingest.http import HttpIngest
 from ingest.worker import rules_for, writer_for
 from ioc.catalogue import load_profile
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer.start()
         pruner = None
         feed: AlertFeed | None = None
+        live: LivePanels | None = None
         try:
             async with db.engine.connect() as conn:
                 storage = await detect_storage(conn)
@@ -81,10 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             feed = AlertFeed(url)
             await feed.start()
             app.state.feed = feed
+            live = LivePanels(lambda: sector_figures(db))
+            app.state.live = live
             if not storage.timescale:
                 pruner = asyncio.create_task(retention_loop(db.engine, settings.retention_days))
             yield
         finally:
+            if live is not None:
+                await live.stop()
             if feed is not None:
                 await feed.stop()
             if pruner is not None:

@@ -534,6 +534,11 @@ async def _overview(db: Database) -> _Figures:
     return await _caches(db).overview.get("overview", lambda: _compute_overview(db))
 
 
+async def sector_figures(db: Database) -> list[SectorOverview]:
+    """Every active sector's overview, as `GET /sectors` answers it (shared, at most 2 s old)."""
+    return (await _overview(db)).sectors
+
+
 # --- routes --------------------------------------------------------------------------------
 
 

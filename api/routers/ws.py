@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import psycopg
@@ -25,10 +24,12 @@ from pydantic import ValidationError
 from api.auth import KeyStore, Principal
 from api.context import Context
 from api.feed import AlertFeed, FeedEvent, replay
+from api.live import LivePanels
 from api.permissions import Permission, allows
 from ioc.vocabulary import SEVERITY_RANK, Severity
 
 router = APIRouter()
+T = TypeVar("T")
 
 PROTOCOL: Final = "ioc.v1"
 BEARER: Final = "bearer."
@@ -56,7 +57,7 @@ def _query(ws: WebSocket) -> tuple[int | None, set[str] | None, int]:
     return since, sectors, floor
 
 
-async def _authenticate(ws: WebSocket, keys: KeyStore) -> Principal:
+async def _authenticate(ws: WebSocket, keys: KeyStore, permission: Permission) -> Principal:
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
     token = next((p[len(BEARER) :] for p in offered if p.startswith(BEARER)), None)
     token = token or ws.query_params.get("key")
@@ -72,8 +73,8 @@ async def _authenticate(ws: WebSocket, keys: KeyStore) -> Principal:
     principal = await keys.check(token) if token else None
     if principal is None:
         raise _Refused(UNAUTHORIZED, "send a valid API key")
-    if not allows(principal.role, Permission.ALERTS_READ):
-        raise _Refused(FORBIDDEN, f"the {principal.role.value} role may not read alerts")
+    if not allows(principal.role, permission):
+        raise _Refused(FORBIDDEN, f"the {principal.role.value} role may not do {permission.value}")
     return principal
 
 
@@ -85,7 +86,7 @@ async def alerts_socket(ws: WebSocket) -> None:
     feed: AlertFeed = ws.app.state.feed
     try:
         since, sectors, floor = _query(ws)
-        principal = await _authenticate(ws, ws.app.state.keys)
+        principal = await _authenticate(ws, ws.app.state.keys, Permission.ALERTS_READ)
         if sectors is not None and principal.sectors is not None and sectors - principal.sectors:
             raise _Refused(FORBIDDEN, "this key is limited to other sectors")
     except _Refused as refused:
@@ -119,13 +120,12 @@ async def alerts_socket(ws: WebSocket) -> None:
             if subscriber.overflowed.is_set():
                 await ws.close(TOO_SLOW, f"too far behind: resume with since={cursor}")
                 return
-            try:
-                async with asyncio.timeout(ctx.settings.ws_heartbeat_s):
-                    live = await _next(subscriber.queue.get(), subscriber.overflowed, watcher)
-            except TimeoutError:
+            live = await _next(
+                subscriber.queue, subscriber.overflowed, watcher, ctx.settings.ws_heartbeat_s
+            )
+            if isinstance(live, _Quiet):
                 await _json(ws, {"type": "heartbeat", "cursor": cursor})
-                continue
-            if live is not None:
+            elif live is not None:
                 await _send(ws, live)
                 cursor = live.seq
     except (WebSocketDisconnect, RuntimeError):
@@ -137,18 +137,36 @@ async def alerts_socket(ws: WebSocket) -> None:
             await watcher
 
 
+class _Quiet:
+    """Nothing happened for a heartbeat period."""
+
+
+QUIET: Final = _Quiet()
+
+
 async def _next(
-    get: Coroutine[Any, Any, FeedEvent], overflowed: asyncio.Event, gone: asyncio.Task[None]
-) -> FeedEvent | None:
-    """The next queued event; None as soon as the subscriber overflows or the client left."""
-    waiting = asyncio.ensure_future(get)
+    queue: asyncio.Queue[T], overflowed: asyncio.Event, gone: asyncio.Task[None], wait_s: float
+) -> T | _Quiet | None:
+    """The next queued item; QUIET after `wait_s` without one; None as soon as the subscriber
+    overflows or the client left. Nothing is cancelled while it may hold an item: an item
+    taken from the queue is always returned."""
+    if not queue.empty():
+        return queue.get_nowait()
+    waiting = asyncio.ensure_future(queue.get())
     flag = asyncio.ensure_future(overflowed.wait())
-    await asyncio.wait({waiting, flag, gone}, return_when=asyncio.FIRST_COMPLETED)
-    flag.cancel()
-    if waiting.done():  # taken from the queue: never dropped, even when the others also woke
+    try:
+        await asyncio.wait(
+            {waiting, flag, gone}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        flag.cancel()
+        if not waiting.done():
+            waiting.cancel()
+    if waiting.done() and not waiting.cancelled():
         return waiting.result()
-    waiting.cancel()
-    return None
+    if overflowed.is_set() or gone.done():
+        return None
+    return QUIET
 
 
 async def _json(ws: WebSocket, message: dict[str, Any]) -> None:
@@ -164,3 +182,41 @@ async def _until_gone(ws: WebSocket) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while (await ws.receive())["type"] != "websocket.disconnect":
             pass
+
+
+@router.websocket("/ws/live")
+async def live_socket(ws: WebSocket) -> None:
+    """Every visible sector's panel first (`snapshot`), then each sector again (`sector`)
+    whenever its figures change, at most once a second per sector."""
+    live: LivePanels = ws.app.state.live
+    ctx: Context = ws.app.state.ctx
+    try:
+        principal = await _authenticate(ws, ws.app.state.keys, Permission.PANELS_READ)
+    except _Refused as refused:
+        if ws.client_state.name == "CONNECTING":
+            await ws.accept()
+        await ws.close(refused.code, refused.reason)
+        return
+    subscriber = live.subscribe(principal.sectors)
+    watcher = asyncio.create_task(_until_gone(ws))
+    try:
+        sectors = [s for s in await live.snapshot() if principal.can_see(s["id"])]
+        await _json(ws, {"type": "snapshot", "sectors": sectors})
+        while not watcher.done():
+            if subscriber.overflowed.is_set():
+                await ws.close(TOO_SLOW, "too far behind: reconnect for a new snapshot")
+                return
+            sector = await _next(
+                subscriber.queue, subscriber.overflowed, watcher, ctx.settings.ws_heartbeat_s
+            )
+            if isinstance(sector, _Quiet):
+                await _json(ws, {"type": "heartbeat"})
+            elif sector is not None:
+                await _json(ws, {"type": "sector", "sector": sector})
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    finally:
+        live.unsubscribe(subscriber)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+            await watcher

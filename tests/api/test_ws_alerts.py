@@ -19,6 +19,7 @@ from alerts import actions
 from ioc.db import libpq_url
 from tests.api.test_feed import PER_WRITER, WRITERS, _alerts, _committed, _write
 from tests.support.api import make_key
+from tests.support.ingest import query
 from tests.support.server import served
 
 TIMEOUT_S = 30
@@ -110,8 +111,14 @@ async def test_filters_and_agency_scope(server: str, synced_db: str) -> None:
         got_theirs = await _messages(theirs, lambda out: bool(_events(out)))
         assert _events(got_mine)[0]["event"]["alert"]["id"] == water
         assert _events(got_theirs)[0]["event"]["alert"]["id"] == environment
-        beats = await _messages(critical, lambda out: len(out) >= 2)  # warning alerts: none
+        beats = await _messages(critical, lambda out: len(out) >= 3)  # warning alerts: none
         assert {m["type"] for m in beats} == {"heartbeat"}
+        # after quiet periods, the next event still arrives (nothing lost to a heartbeat)
+        query(synced_db, "UPDATE alert SET severity = 'critical' WHERE id = %s", (water,))
+        with psycopg.connect(libpq_url(synced_db)) as conn:
+            actions.comment(conn, alert_id=water, actor="t", text="nghiêm trọng")
+        got = await _messages(critical, lambda out: bool(_events(out)))
+        assert _events(got)[0]["event"]["detail"]["text"] == "nghiêm trọng"
     async with connect(f"{server}/ws/alerts?key={agency}&sectors=environment") as ws:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), TIMEOUT_S)
