@@ -528,6 +528,7 @@ def demo(
     port = port or settings.http_port
     profile = load_profile(settings.profile)
     _exit_on_sigterm()
+    _check_port_free(host, port)  # before starting anything: a second demo stops here
     with database(settings) as url:
         done = _prepare(url, settings, profile)
         with psycopg.connect(libpq_url(url)) as conn:
@@ -607,6 +608,21 @@ def demo(
                 thread.join(timeout=60)
             if broker is not None:
                 broker.stop()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse at once when the API's address is taken (another `ioc demo`, say)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): is another ioc demo or "
+                "ioc serve running? Stop it, or pass --port"
+            ) from None
 
 
 def main() -> None:

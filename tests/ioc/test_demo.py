@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ioc.embedded_pg import free_port
-from tests.support.cli import IOC, clean_env
+from tests.support.cli import IOC, clean_env, run_ioc
 from tests.support.ingest import query, wait_until
 from tests.support.services import shared_tmp
 
@@ -68,6 +68,23 @@ def test_demo_serves_a_ready_api_and_stops_everything(stop: signal.Signals) -> N
         )
         assert overview.status_code == 200
         assert {s["id"] for s in overview.json()["sectors"]} >= {"water"}
+        if stop is signal.SIGINT:  # once: a second demo on the same port stops at once
+            started = time.monotonic()
+            second = run_ioc(
+                "demo",
+                "--port",
+                str(port),
+                timeout=60,
+                IOC_DATA_DIR=str(data_dir),
+                IOC_PROFILE="mekong",
+            )
+            assert second.returncode == 1, second.stdout + second.stderr
+            assert second.stderr.strip().startswith("error:")
+            assert len(second.stderr.strip().splitlines()) == 1
+            assert "another ioc demo" in second.stderr
+            assert time.monotonic() - started < 20
+            again = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            assert again.status_code == 200  # the first one is untouched
     finally:
         proc.send_signal(stop)
         try:
