@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from ioc.vocabulary import (
     OPERATORS,
     SEVERITY_RANK,
     DirectionName,
+    RuleKind,
     SeverityName,
     breaches,
     operator_symbol,
 )
 
-__all__ = ["OPERATORS", "SEVERITY_RANK", "Direction", "Group", "Rule", "RuleIndex", "Severity"]
+__all__ = [
+    "OPERATORS",
+    "SEVERITY_RANK",
+    "Direction",
+    "Group",
+    "Rule",
+    "RuleIndex",
+    "RuleKind",
+    "Severity",
+]
 
-RuleKind = Literal["threshold", "silence", "event", "deviation"]
 Severity = SeverityName
 Direction = DirectionName
 

@@ -11,15 +11,12 @@ import functools
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
 from ingest.items import AuditNote, Item, build_item
-from ingest.topics import PREFIX
+from ingest.topics import PREFIX, MessageKind
 from ingest.validation import Rules
 from ingest.writer import Writer
 from ioc.errors import IngestError
-
-Kind = Literal["telemetry", "senml", "status", "event"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class HttpIngest:
         *,
         sector: str,
         source_id: str,
-        kind: Kind,
+        kind: MessageKind,
         payload: bytes,
         audit: AuditNote | None = None,
     ) -> Future[IngestResult]:
@@ -82,7 +79,7 @@ class HttpIngest:
         *,
         sector: str,
         source_id: str,
-        kind: Kind = "telemetry",
+        kind: MessageKind = "telemetry",
         payload: bytes,
         audit: AuditNote | None = None,
         timeout_s: float = 30.0,

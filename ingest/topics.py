@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, get_args
 
 from ingest import reasons
 from ioc.errors import DecodeError
@@ -13,7 +13,9 @@ from ioc.settings import SubscriptionMode
 from ioc.vocabulary import TOPIC_ROOT
 
 PREFIX: Final = f"{TOPIC_ROOT}/"
-KINDS: Final = ("telemetry", "senml", "status", "event")
+MessageKind = Literal["telemetry", "senml", "status", "event"]
+"""What the last topic level says a message holds."""
+KINDS: Final[tuple[str, ...]] = get_args(MessageKind)
 SHARE_GROUP: Final = "ioc-ingest"
 PLAIN_SUBSCRIPTION: Final = f"{PREFIX}+/+/+"
 SUBSCRIPTION: Final = f"$share/{SHARE_GROUP}/{PLAIN_SUBSCRIPTION}"

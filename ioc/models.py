@@ -25,7 +25,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ioc.db import Base
-from ioc.vocabulary import ALERT_STATUSES, EVENT_STATUSES, ROLES, SEVERITIES, SOURCE_STATUSES
+from ioc.vocabulary import (
+    ALERT_STATUSES,
+    EVENT_STATUSES,
+    ROLES,
+    RULE_KINDS,
+    SEVERITIES,
+    SOURCE_STATUSES,
+)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -156,7 +163,7 @@ class AlertRule(Base):
 
     __tablename__ = "alert_rule"
     __table_args__ = (
-        CheckConstraint(_in("kind", ("threshold", "silence", "event", "deviation")), name="kind"),
+        CheckConstraint(_in("kind", RULE_KINDS), name="kind"),
         CheckConstraint(_in("severity", SEVERITIES), name="severity"),
         CheckConstraint("direction IS NULL OR direction IN ('above', 'below')", name="direction"),
         UniqueConstraint("name"),

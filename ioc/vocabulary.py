@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 
 class Severity(StrEnum):
@@ -59,6 +59,11 @@ def breaches(value: float, direction: str, limit: float, inclusive: bool) -> boo
 
 # telemetry on `ioc/v1/{sector}/{source}/{kind}`, alert events on `ioc/v1/alerts/...`
 TOPIC_ROOT: Final = "ioc/v1"
+
+
+RuleKind = Literal["threshold", "silence", "event", "deviation"]
+"""What an alert rule watches: a threshold, a source's silence, agency events, deviations."""
+RULE_KINDS: Final[tuple[str, ...]] = get_args(RuleKind)
 
 
 class Role(StrEnum):

@@ -27,7 +27,7 @@ from api.pagination import Page
 from api.problems import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemBody
 from api.problems import Problem as HttpProblem
 from ingest.items import AuditNote
-from ingest.topics import SECTOR_ID_PATTERN, SOURCE_ID_PATTERN
+from ingest.topics import SECTOR_ID_PATTERN, SOURCE_ID_PATTERN, MessageKind
 from ioc.catalogue import Sector
 from ioc.models import Reading, Series, Source
 from ioc.timeseries import Agg, Bucket, Point, aggregate, bucket_floor, bucket_next, bucket_starts
@@ -57,6 +57,10 @@ EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
 SENML_TYPES: Final = ("application/senml+json",)
 
+MetricFilter = Annotated[
+    str | None,
+    Query(max_length=64, description="A metric of the sector", examples=["salinity"]),
+]
 GapFill = Literal["none", "null", "previous"]
 Per = Literal["source", "all"]
 TimeZoneChoice = Literal["profile", "utc"]
@@ -554,10 +558,7 @@ async def raw_telemetry(
     sector: SectorParam,
     start: FromParam,
     to: ToParam,
-    metric: Annotated[
-        str | None,
-        Query(max_length=64, description="A metric of the sector", examples=["salinity"]),
-    ] = None,
+    metric: MetricFilter = None,
     source: SourceParam = None,
     district: DistrictParam = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -636,10 +637,7 @@ async def export_telemetry(
     sector: SectorParam,
     start: FromParam,
     to: ToParam,
-    metric: Annotated[
-        str | None,
-        Query(max_length=64, description="A metric of the sector", examples=["salinity"]),
-    ] = None,
+    metric: MetricFilter = None,
     source: SourceParam = None,
     district: DistrictParam = None,
     bom: Annotated[
@@ -805,7 +803,7 @@ async def post_telemetry(
     principal.require_sector(sector)
     payload = await request.body()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    kind: Literal["telemetry", "senml"] = "senml" if media in SENML_TYPES else "telemetry"
+    kind: MessageKind = "senml" if media in SENML_TYPES else "telemetry"
     # IngestError (stopping, database down) answers 503 with Retry-After (api.problems)
     result = await ctx.ingest.ingest(
         sector=sector,
