@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client import REGISTRY, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
@@ -21,6 +21,16 @@ REQUEST_SECONDS: Final = Histogram(
     "Time to answer an HTTP request, by route template, method and status",
     ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+WS_CLIENTS: Final = Gauge(
+    "ioc_ws_clients", "Websocket clients connected now, by stream", ["stream"]
+)
+WS_CLOSED: Final = Counter(
+    "ioc_ws_closed_total",
+    "Websocket clients the server closed, by stream and reason (behind: its queue overflowed; "
+    "stalled: it read nothing for IOC_WS_SEND_TIMEOUT_S)",
+    ["stream", "reason"],
 )
 
 _DB_SQL: Final = {

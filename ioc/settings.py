@@ -188,6 +188,13 @@ class Settings(BaseSettings):
         "(4408) and resumes with its cursor",
     )
     ws_heartbeat_s: float = Field(default=15.0, gt=0, le=3600)
+    ws_send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="how long one websocket message may wait for a client that reads nothing "
+        "(a full TCP window); beyond, the client is closed (4408) and resumes with its cursor",
+    )
     cap_sender: str = Field(default="ioc@localhost", description="CAP <sender>")
     cap_sender_name: str = Field(default="", description="CAP <senderName>; empty: the profile's")
 

@@ -8,7 +8,9 @@ message `{"type": "auth", "key": "ioc_…"}` within 10 s. Messages are JSON:
 `{"type": "live", "cursor": seq}` once the replay is done, and
 `{"type": "heartbeat", "cursor": seq}` every IOC_WS_HEARTBEAT_S while nothing else is sent.
 Close codes: 4400 bad parameters, 4401 no valid key, 4403 not allowed, 4408 the client fell
-IOC_WS_QUEUE_MAX events behind (resume with `since` = its last cursor)."""
+IOC_WS_QUEUE_MAX events behind (resume with `since` = its last cursor). A client that reads
+nothing (its TCP window stays full) for IOC_WS_SEND_TIMEOUT_S is dropped: its handler and queue
+are released at once, and when it reads again it finds the connection closed and resumes."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from api.auth import KeyStore, Principal
 from api.context import Context
 from api.feed import AlertFeed, FeedEvent, replay
 from api.live import LivePanels
+from api.metrics import WS_CLIENTS, WS_CLOSED
 from api.permissions import Permission, allows
 from ioc.vocabulary import SEVERITY_RANK, Severity
 
@@ -34,7 +37,14 @@ T = TypeVar("T")
 PROTOCOL: Final = "ioc.v1"
 BEARER: Final = "bearer."
 AUTH_TIMEOUT_S: Final = 10.0
+CLOSE_WAIT_S: Final = 1.0
+"""How long a close frame may wait for a stalled client before its handler gives up on it."""
 BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, TOO_SLOW = 4400, 4401, 4403, 4408
+_REASONS: Final = {BAD_REQUEST: "bad_request", UNAUTHORIZED: "unauthorized", FORBIDDEN: "forbidden"}
+
+
+class _Stalled(Exception):
+    """A message waited IOC_WS_SEND_TIMEOUT_S for a client that reads nothing."""
 
 
 class _Refused(Exception):
@@ -84,15 +94,14 @@ async def alerts_socket(ws: WebSocket) -> None:
     `min_severity`, and by the key's sectors for agency keys."""
     ctx: Context = ws.app.state.ctx
     feed: AlertFeed = ws.app.state.feed
+    out = _Out(ws, "alerts", ctx.settings.ws_send_timeout_s)
     try:
         since, sectors, floor = _query(ws)
         principal = await _authenticate(ws, ws.app.state.keys, Permission.ALERTS_READ)
         if sectors is not None and principal.sectors is not None and sectors - principal.sectors:
             raise _Refused(FORBIDDEN, "this key is limited to other sectors")
     except _Refused as refused:
-        if ws.client_state.name == "CONNECTING":
-            await ws.accept()
-        await ws.close(refused.code, refused.reason)
+        await out.refuse(refused)
         return
 
     def wants(event: FeedEvent) -> bool:
@@ -105,8 +114,9 @@ async def alerts_socket(ws: WebSocket) -> None:
     subscriber = feed.subscribe(wants, limit=ctx.settings.ws_queue_max)
     if since is not None:
         subscriber.after = max(subscriber.after, since)
-    cursor = subscriber.after
+    cursor = subscriber.after if since is None else since  # the last position the client has
     watcher = asyncio.create_task(_until_gone(ws))
+    WS_CLIENTS.labels(out.stream).inc()
     try:
         if since is not None and since < subscriber.after:
             async with ctx.db.engine.connect() as conn:
@@ -114,27 +124,70 @@ async def alerts_socket(ws: WebSocket) -> None:
                 assert isinstance(raw, psycopg.AsyncConnection)
                 async for event in replay(raw, since, subscriber.after):
                     if wants(event):
-                        await _send(ws, event)
-        await _json(ws, {"type": "live", "cursor": cursor})
+                        await out.event(event)
+                        cursor = event.seq
+        cursor = subscriber.after
+        await out.json({"type": "live", "cursor": cursor})
         while not watcher.done():
             if subscriber.overflowed.is_set():
-                await ws.close(TOO_SLOW, f"too far behind: resume with since={cursor}")
+                await out.drop("behind", f"too far behind: resume with since={cursor}")
                 return
             live = await _next(
                 subscriber.queue, subscriber.overflowed, watcher, ctx.settings.ws_heartbeat_s
             )
             if isinstance(live, _Quiet):
-                await _json(ws, {"type": "heartbeat", "cursor": cursor})
+                await out.json({"type": "heartbeat", "cursor": cursor})
             elif live is not None:
-                await _send(ws, live)
+                await out.event(live)
                 cursor = live.seq
+    except _Stalled:
+        await out.drop("stalled", f"stalled: resume with since={cursor}")
     except (WebSocketDisconnect, RuntimeError):
         return  # the client went away mid-send
     finally:
+        WS_CLIENTS.labels(out.stream).dec()
         feed.unsubscribe(subscriber)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
             await watcher
+
+
+class _Out:
+    """What the server sends one client: JSON text frames (strings in a browser), each allowed
+    `timeout_s` to be taken by the client's TCP window, and the closes."""
+
+    def __init__(self, ws: WebSocket, stream: str, timeout_s: float) -> None:
+        self.ws = ws
+        self.stream = stream
+        self.timeout_s = timeout_s
+
+    async def json(self, message: dict[str, Any]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.ws.send_text(orjson.dumps(message).decode())
+        except TimeoutError:
+            raise _Stalled from None
+
+    async def event(self, event: FeedEvent) -> None:
+        await self.json({"type": "event", "cursor": event.seq, "event": event.document})
+
+    async def refuse(self, refused: _Refused) -> None:
+        WS_CLOSED.labels(self.stream, _REASONS[refused.code]).inc()
+        if self.ws.client_state.name == "CONNECTING":
+            await self.ws.accept()
+        await self._close(refused.code, refused.reason)
+
+    async def drop(self, why: str, reason: str) -> None:
+        """Close a client that cannot keep up (4408). A stalled client cannot take even the
+        close frame: after CLOSE_WAIT_S its handler ends anyway and the server's transport is
+        closed as soon as the client reads again."""
+        WS_CLOSED.labels(self.stream, why).inc()
+        await self._close(TOO_SLOW, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(TimeoutError, WebSocketDisconnect, RuntimeError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.ws.close(code, reason)
 
 
 class _Quiet:
@@ -169,14 +222,6 @@ async def _next(
     return QUIET
 
 
-async def _json(ws: WebSocket, message: dict[str, Any]) -> None:
-    await ws.send_text(orjson.dumps(message).decode())  # text frames: strings in a browser
-
-
-async def _send(ws: WebSocket, event: FeedEvent) -> None:
-    await _json(ws, {"type": "event", "cursor": event.seq, "event": event.document})
-
-
 async def _until_gone(ws: WebSocket) -> None:
     """Read (and ignore) what the client sends until it closes."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -190,32 +235,35 @@ async def live_socket(ws: WebSocket) -> None:
     whenever its figures change, at most once a second per sector."""
     live: LivePanels = ws.app.state.live
     ctx: Context = ws.app.state.ctx
+    out = _Out(ws, "live", ctx.settings.ws_send_timeout_s)
     try:
         principal = await _authenticate(ws, ws.app.state.keys, Permission.PANELS_READ)
     except _Refused as refused:
-        if ws.client_state.name == "CONNECTING":
-            await ws.accept()
-        await ws.close(refused.code, refused.reason)
+        await out.refuse(refused)
         return
     subscriber = live.subscribe(principal.sectors)
     watcher = asyncio.create_task(_until_gone(ws))
+    WS_CLIENTS.labels(out.stream).inc()
     try:
         sectors = [s for s in await live.snapshot() if principal.can_see(s["id"])]
-        await _json(ws, {"type": "snapshot", "sectors": sectors})
+        await out.json({"type": "snapshot", "sectors": sectors})
         while not watcher.done():
             if subscriber.overflowed.is_set():
-                await ws.close(TOO_SLOW, "too far behind: reconnect for a new snapshot")
+                await out.drop("behind", "too far behind: reconnect for a new snapshot")
                 return
             sector = await _next(
                 subscriber.queue, subscriber.overflowed, watcher, ctx.settings.ws_heartbeat_s
             )
             if isinstance(sector, _Quiet):
-                await _json(ws, {"type": "heartbeat"})
+                await out.json({"type": "heartbeat"})
             elif sector is not None:
-                await _json(ws, {"type": "sector", "sector": sector})
+                await out.json({"type": "sector", "sector": sector})
+    except _Stalled:
+        await out.drop("stalled", "stalled: reconnect for a new snapshot")
     except (WebSocketDisconnect, RuntimeError):
         return
     finally:
+        WS_CLIENTS.labels(out.stream).dec()
         live.unsubscribe(subscriber)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
