@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         description="how long one websocket message may wait for a client that reads nothing "
         "(a full TCP window); beyond, the client is closed (4408) and resumes with its cursor",
     )
+    ws_replay_max: int = Field(
+        default=50_000,
+        ge=1,
+        description="alert events a websocket client resuming with `since` may be replayed; "
+        "further behind, it gets a `reset` (reload the active alerts) instead",
+    )
     cap_sender: str = Field(default="ioc@localhost", description="CAP <sender>")
     cap_sender_name: str = Field(default="", description="CAP <senderName>; empty: the profile's")
 

@@ -5,7 +5,10 @@ Authentication, in order: a `bearer.<key>` subprotocol next to `ioc.v1`
 (`Sec-WebSocket-Protocol: ioc.v1, bearer.ioc_…`), the `key` query parameter, or a first
 message `{"type": "auth", "key": "ioc_…"}` within 10 s. Messages are JSON:
 `{"type": "event", "cursor": seq, "event": {...}}` (the notifiers' document),
-`{"type": "live", "cursor": seq}` once the replay is done, and
+`{"type": "live", "cursor": seq}` once the replay is done,
+`{"type": "reset", "cursor": seq, "reason": "ahead" | "too_far"}` instead of a replay when
+`since` is beyond every event (a database replaced) or more than IOC_WS_REPLAY_MAX events back
+(the client reloads the active alerts over HTTP and goes on from that cursor), and
 `{"type": "heartbeat", "cursor": seq}` every IOC_WS_HEARTBEAT_S while nothing else is sent.
 Close codes: 4400 bad parameters, 4401 no valid key, 4403 not allowed, 4408 the client fell
 IOC_WS_QUEUE_MAX events behind (resume with `since` = its last cursor). A client that reads
@@ -22,6 +25,8 @@ import orjson
 import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import KeyStore, Principal
 from api.context import Context
@@ -111,14 +116,21 @@ async def alerts_socket(ws: WebSocket) -> None:
             and SEVERITY_RANK[event.severity] >= floor
         )
 
-    subscriber = feed.subscribe(wants, limit=ctx.settings.ws_queue_max)
+    reset = None
     if since is not None:
+        async with ctx.db.engine.connect() as conn:
+            reset = await _unresumable(conn, since, ctx.settings.ws_replay_max)
+    subscriber = feed.subscribe(wants, limit=ctx.settings.ws_queue_max)
+    if since is not None and reset is None:
         subscriber.after = max(subscriber.after, since)
-    cursor = subscriber.after if since is None else since  # the last position the client has
+    # the last position the client has
+    cursor = subscriber.after if since is None or reset is not None else since
     watcher = asyncio.create_task(_until_gone(ws))
     WS_CLIENTS.labels(out.stream).inc()
     try:
-        if since is not None and since < subscriber.after:
+        if reset is not None:
+            await out.json({"type": "reset", "cursor": cursor, "reason": reset})
+        elif since is not None and since < subscriber.after:
             async with ctx.db.engine.connect() as conn:
                 raw = (await conn.get_raw_connection()).driver_connection
                 assert isinstance(raw, psycopg.AsyncConnection)
@@ -150,6 +162,21 @@ async def alerts_socket(ws: WebSocket) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
             await watcher
+
+
+_UNRESUMABLE: Final = text(
+    "SELECT CASE WHEN :since > (SELECT coalesce(max(seq), 0) FROM alert_event) THEN 'ahead' "
+    "WHEN EXISTS (SELECT FROM (SELECT seq FROM alert_event WHERE seq > :since ORDER BY seq "
+    "OFFSET :most LIMIT 1) AS beyond) THEN 'too_far' END"
+)
+
+
+async def _unresumable(conn: AsyncConnection, since: int, most: int) -> str | None:
+    """Why `since` cannot be resumed by a replay, or None: `ahead` of every committed event (a
+    cursor from a database since replaced or restored), or `too_far` behind (more than `most`
+    events to replay)."""
+    why = (await conn.execute(_UNRESUMABLE, {"since": since, "most": most})).scalar_one()
+    return None if why is None else str(why)
 
 
 class _Out:

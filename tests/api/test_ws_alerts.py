@@ -156,3 +156,37 @@ async def _behind_and_other(
         assert "since=" in closed.value.rcvd.reason
         got = await _messages(other, lambda out: bool(_events(out)))
         assert _events(got)[0]["event"]["detail"]["text"] == "still here"
+
+
+async def test_a_cursor_that_cannot_be_replayed_gets_a_reset_then_live(synced_db: str) -> None:
+    water, _ = _alerts(synced_db)
+    key = make_key(synced_db, "viewer")
+    with psycopg.connect(libpq_url(synced_db)) as conn:
+        for i in range(6):
+            actions.comment(conn, alert_id=water, actor="t", text=str(i))
+    newest = _committed(synced_db, 0)[-1]
+    with served(synced_db, ws_heartbeat_s=0.5, ws_replay_max=3) as base:
+        url = f"{base.replace('http://', 'ws://')}/ws/alerts?key={key}"
+        # a cursor from a database since replaced: beyond every event
+        async with connect(f"{url}&since={newest + 1000}") as ws:
+            got = await _messages(ws, lambda out: out and out[-1]["type"] == "live")
+        assert [(m["type"], m.get("reason"), m["cursor"]) for m in got] == [
+            ("reset", "ahead", newest),
+            ("live", None, newest),
+        ]
+        # six events back with at most three replayed: a reset, not a partial replay
+        async with connect(f"{url}&since=0") as ws:
+            got = await _messages(ws, lambda out: out and out[-1]["type"] == "live")
+            assert [(m["type"], m.get("reason")) for m in got] == [
+                ("reset", "too_far"),
+                ("live", None),
+            ]
+            # and live events follow the reset's cursor
+            with psycopg.connect(libpq_url(synced_db)) as conn:
+                actions.comment(conn, alert_id=water, actor="t", text="sau")
+            later = await _messages(ws, lambda out: bool(_events(out)))
+            assert _events(later)[0]["cursor"] > newest
+        # three back: replayed
+        async with connect(f"{url}&since={_committed(synced_db, 0)[-4]}") as ws:
+            got = await _messages(ws, lambda out: out and out[-1]["type"] == "live")
+        assert [m["type"] for m in got] == ["event", "event", "event", "live"]
