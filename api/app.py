@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api import docs, openapi, problems
+from api import docs, openapi, problems, screen
 from api.auth import KeyStore
 from api.context import Context
 from api.db import Database
@@ -120,4 +120,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (overview, sources, telemetry, events, alerts, cap, rules, audit):
         router = module.router
         app.include_router(router, prefix=API_PREFIX)
+    screen.install(app, settings, profile)  # last: the screen's files are mounted at `/`
     return app

@@ -29,6 +29,8 @@ ENV_PREFIX = "IOC_"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg")
 _MQTT_SCHEMES = ("mqtt", "mqtts", "tcp")
 DEVELOPMENT_PEPPER = "ioc-development-pepper-not-secret"
+OSM_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+OSM_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a>'
 
 
 def default_data_dir() -> Path:
@@ -204,6 +206,20 @@ class Settings(BaseSettings):
     cap_sender: str = Field(default="ioc@localhost", description="CAP <sender>")
     cap_sender_name: str = Field(default="", description="CAP <senderName>; empty: the profile's")
 
+    # operations screen (issue 11)
+    map_tile_url: str = Field(
+        default=OSM_TILE_URL,
+        max_length=2000,
+        description="tile URL template of the screen's maps ({z}, {x}, {y}; {s} optional), "
+        "absolute or a path on this server; empty: no tiles (markers and district names only, "
+        "as on an isolated network)",
+    )
+    map_tile_attribution: str = Field(
+        default=OSM_ATTRIBUTION,
+        max_length=1000,
+        description="credit shown on the maps for their tiles (HTML)",
+    )
+
     @model_validator(mode="after")
     def _safe_in_production(self) -> Self:
         pepper = self.api_key_pepper.get_secret_value()
@@ -220,6 +236,21 @@ class Settings(BaseSettings):
             scheme = urlsplit(value.get_secret_value()).scheme
             if scheme not in _PG_SCHEMES:
                 raise ValueError(f"scheme must be postgresql://, got {scheme or 'none'!r}")
+        return value
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _check_map_tile_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parts = urlsplit(value)
+            if not (parts.scheme in ("http", "https") and parts.netloc) and not (
+                value.startswith("/") and not parts.netloc
+            ):
+                raise ValueError("an http(s):// URL or a /path on this server, or empty for none")
+            missing = [p for p in ("{z}", "{x}", "{y}") if p not in value]
+            if missing:
+                raise ValueError(f"the template lacks {', '.join(missing)}")
         return value
 
     @field_validator("mqtt_url")
