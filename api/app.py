@@ -18,7 +18,19 @@ from api.feed import AlertFeed
 from api.limits import BodyLimit, RateLimiter
 from api.live import LivePanels
 from api.metrics import RequestTimer
-from api.routers import alerts, audit, cap, events, ops, overview, rules, sources, telemetry, ws
+from api.routers import (
+    alerts,
+    audit,
+    cap,
+    events,
+    me,
+    ops,
+    overview,
+    rules,
+    sources,
+    telemetry,
+    ws,
+)
 from api.routers.overview import sector_figures
 from ingest.http import HttpIngest
 from ingest.worker import rules_for, writer_for
@@ -117,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestTimer)
     app.include_router(ops.router)
     app.include_router(ws.router)
-    for module in (overview, sources, telemetry, events, alerts, cap, rules, audit):
+    for module in (overview, me, sources, telemetry, events, alerts, cap, rules, audit):
         router = module.router
         app.include_router(router, prefix=API_PREFIX)
     screen.install(app, settings, profile)  # last: the screen's files are mounted at `/`

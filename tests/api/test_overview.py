@@ -269,3 +269,16 @@ async def test_the_overview_catches_up_with_new_figures_within_seconds(api: Api)
 async def test_without_a_key_the_overview_is_401(api: Api) -> None:
     for path in ("/sectors", "/sectors/water", "/sectors/water/kpis", "/profile"):
         assert (await api.http.get(V1 + path)).status_code == 401
+
+
+async def test_me_tells_a_key_its_role_sectors_and_permissions(api: Api) -> None:
+    operator = await api.http.get("/api/v1/me", headers=api.as_("operator"))
+    agency = await api.http.get("/api/v1/me", headers=api.as_("agency", sectors=["water"]))
+    anonymous = await api.http.get("/api/v1/me")
+    assert operator.status_code == 200
+    assert operator.json()["role"] == "operator" and operator.json()["sectors"] is None
+    assert "alerts.act" in operator.json()["permissions"]
+    assert "ioc_" not in operator.text  # never the secret
+    assert agency.json()["sectors"] == ["water"]
+    assert "alerts.act" not in agency.json()["permissions"]
+    assert anonymous.status_code == 401

@@ -28,6 +28,7 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/sectors/{}"): "panels.read",
     ("GET", "/api/v1/sectors/{}/kpis"): "panels.read",
     ("GET", "/api/v1/profile"): "panels.read",
+    ("GET", "/api/v1/me"): "panels.read",
     ("GET", "/api/v1/sources"): "panels.read",
     ("POST", "/api/v1/sources"): "sources.write",
     ("GET", "/api/v1/sources/{}"): "panels.read",

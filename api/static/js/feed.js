@@ -1,9 +1,8 @@
 // The live alert feed: newest first, coloured by severity, a flash when an alert turns
-// critical, and the operator's actions (acknowledge, comment, resolve). Nothing tells the
-// screen a key's role beforehand: the buttons show until an action answers 403, then the
-// problem's detail is shown and the buttons go away for this key.
+// critical, and the operator's actions (acknowledge, comment, resolve), shown to keys that
+// hold `alerts.act` (GET /me); a 403 all the same (a key's role changed) hides them too.
 
-import { post } from './api.js';
+import { get, post } from './api.js';
 import { clear, el } from './dom.js';
 import * as fmt from './format.js';
 import { lang, pick, t } from './i18n.js';
@@ -19,14 +18,28 @@ export class Actions extends EventTarget {
     super();
     this.store = store;
     this.toast = toast;
-    this.keyPrefix = '';
-    this.allowed = true;
+    this.allowed = false;
+    this.known = false;
   }
 
-  // Per key: whether an action was refused for its role already (remembered across reloads).
-  useKey(key) {
-    this.keyPrefix = (key || '').split('_')[1] || '';
-    this.allowed = localStorage.getItem(`ioc.refused.${this.keyPrefix}`) === null;
+  // What this key may do, asked of the server: no buttons until it answers.
+  async useKey(key) {
+    const asked = (this.asking = {});
+    this.allowed = false;
+    this.known = false;
+    this.dispatchEvent(new Event('change'));
+    for (;;) {
+      try {
+        const me = await get('/me', { key });
+        if (asked !== this.asking) return; // another key since
+        this.allowed = me.permissions.includes('alerts.act');
+        this.known = true;
+        break;
+      } catch (error) {
+        if (error.status !== 0 || asked !== this.asking) return; // a 401 signs out
+        await new Promise((done) => setTimeout(done, 5000)); // the server is away: ask again
+      }
+    }
     this.dispatchEvent(new Event('change'));
   }
 
@@ -40,7 +53,7 @@ export class Actions extends EventTarget {
     } catch (error) {
       if (error.status === 403) {
         this.allowed = false;
-        localStorage.setItem(`ioc.refused.${this.keyPrefix}`, '1');
+        this.known = true;
         this.dispatchEvent(new Event('change'));
       }
       if (error.status !== 401) this.toast(`${t('action.failed')}: ${error.detail || error.message}`, 'error');
@@ -129,6 +142,7 @@ export class AlertFeed {
     banner.hidden = critical === 0;
     banner.textContent = t('feed.critical_open', { n: fmt.number(critical) });
     feed.querySelector('[data-testid="feed-empty"]').hidden = this.store.alerts.size > 0;
+    feed.dataset.canAct = this.actions.known ? String(this.actions.allowed) : '';
   }
 
   _fill(item, alert) {
