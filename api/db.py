@@ -10,7 +10,8 @@ holds its audit row, so the event loop is never blocked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -41,6 +42,15 @@ class Database:
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
             return fn(driver, **kwargs)
+
+    @asynccontextmanager
+    async def raw_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of the read pool as psycopg's own (COPY, server-side cursors, row
+        factories), back to the pool on exit."""
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(raw, psycopg.AsyncConnection)
+            yield raw
 
     async def call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """Run a service `fn(conn, **kwargs)` on a worker thread, in one transaction."""

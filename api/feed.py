@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 
@@ -37,6 +39,8 @@ class FeedEvent:
     sector: str
     severity: str
     document: dict[str, Any]
+    text: str
+    """The whole `event` message, encoded once for every client that gets it."""
 
 
 @dataclass(eq=False)
@@ -61,7 +65,9 @@ class Subscriber:
 def to_event(row: dict[str, Any]) -> FeedEvent:
     """A feed event from a row of `EVENTS_AFTER`."""
     document = event_document(row)
-    return FeedEvent(int(row["seq"]), str(row["sector_id"]), str(row["severity"]), document)
+    seq = int(row["seq"])
+    text = orjson.dumps({"type": "event", "cursor": seq, "event": document}).decode()
+    return FeedEvent(seq, str(row["sector_id"]), str(row["severity"]), document, text)
 
 
 async def events_after(
@@ -75,13 +81,17 @@ async def events_after(
     return events if until is None else [e for e in events if e.seq <= until]
 
 
-async def replay(
-    conn: psycopg.AsyncConnection[Any], since: int, until: int
-) -> AsyncIterator[FeedEvent]:
-    """Every committed event with `since` < seq <= `until`, in commit order, in batches."""
+Connect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+
+
+async def replay(connect: Connect, since: int, until: int) -> AsyncIterator[FeedEvent]:
+    """Every committed event with `since` < seq <= `until`, in commit order, in batches, each
+    read on a connection from `connect` held for that read alone: never while a client takes
+    the events, so many clients resuming at once do not exhaust a pool."""
     cursor = since
     while cursor < until:
-        events = await events_after(conn, cursor, until=until)
+        async with connect() as conn:
+            events = await events_after(conn, cursor, until=until)
         if not events:
             return
         for event in events:

@@ -22,7 +22,6 @@ import contextlib
 from typing import Any, Final, TypeVar
 
 import orjson
-import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -131,13 +130,10 @@ async def alerts_socket(ws: WebSocket) -> None:
         if reset is not None:
             await out.json({"type": "reset", "cursor": cursor, "reason": reset})
         elif since is not None and since < subscriber.after:
-            async with ctx.db.engine.connect() as conn:
-                raw = (await conn.get_raw_connection()).driver_connection
-                assert isinstance(raw, psycopg.AsyncConnection)
-                async for event in replay(raw, since, subscriber.after):
-                    if wants(event):
-                        await out.event(event)
-                        cursor = event.seq
+            async for event in replay(ctx.db.raw_connection, since, subscriber.after):
+                if wants(event):
+                    await out.event(event)
+                    cursor = event.seq
         cursor = subscriber.after
         await out.json({"type": "live", "cursor": cursor})
         while not watcher.done():
@@ -189,14 +185,17 @@ class _Out:
         self.timeout_s = timeout_s
 
     async def json(self, message: dict[str, Any]) -> None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.ws.send_text(orjson.dumps(message).decode())
-        except TimeoutError:
-            raise _Stalled from None
+        await self._text(orjson.dumps(message).decode())
 
     async def event(self, event: FeedEvent) -> None:
-        await self.json({"type": "event", "cursor": event.seq, "event": event.document})
+        await self._text(event.text)  # encoded once per event, not once per client
+
+    async def _text(self, text: str) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.ws.send_text(text)
+        except TimeoutError:
+            raise _Stalled from None
 
     async def refuse(self, refused: _Refused) -> None:
         WS_CLOSED.labels(self.stream, _REASONS[refused.code]).inc()

@@ -8,6 +8,9 @@ import asyncio
 import random
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 
@@ -52,6 +55,12 @@ def _write(db_url: str, alert_ids: list[int], seed: int, errors: list[BaseExcept
         errors.append(exc)
 
 
+@asynccontextmanager
+async def _connect(db_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url)) as conn:
+        yield conn
+
+
 def _committed(db_url: str, after: int) -> list[int]:
     rows = query(db_url, "SELECT seq FROM alert_event WHERE seq > %s ORDER BY seq", (after,))
     return [int(r[0]) for r in rows]
@@ -85,8 +94,7 @@ async def test_replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_com
         subscriber = feed.subscribe(lambda e: True, limit=10_000)
         subscriber.after = max(subscriber.after, since)
         got: list[FeedEvent] = []
-        async with await psycopg.AsyncConnection.connect(libpq_url(synced_db)) as conn:
-            got += [e async for e in replay(conn, since, subscriber.after)]
+        got += [e async for e in replay(lambda: _connect(synced_db), since, subscriber.after)]
         for w in writers:
             await asyncio.to_thread(w.join, 60)
         assert errors == []
