@@ -133,11 +133,20 @@ class Sector(_Strict):
 
 
 class District(_Strict):
-    """An administrative area used to filter sources and panels."""
+    """An administrative area used to filter sources and panels; its centre (approximate, for
+    maps: where its name is drawn and, in the demo, around which its sources are placed)."""
 
     id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
     name_vi: str = Field(min_length=1)
     name_en: str = Field(min_length=1)
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError(f"district {self.id}: latitude and longitude go together")
+        return self
 
 
 class Profile(_Strict):

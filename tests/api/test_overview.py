@@ -242,6 +242,8 @@ async def test_the_profile_has_sectors_metrics_thresholds_and_districts(api: Api
         "id": "provincial-city",
         "name_vi": "Thành phố (tỉnh lỵ)",
         "name_en": "Provincial city",
+        "latitude": 9.95,
+        "longitude": 106.34,
     }
     assert body == PROFILE.to_json_dict()
 

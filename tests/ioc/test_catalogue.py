@@ -168,3 +168,26 @@ def test_the_shared_vocabulary_agrees_with_itself() -> None:
         assert breaches(4.0, direction, 4.0, inclusive) is inclusive
     assert breaches(5.0, "above", 4.0, False) and breaches(3.0, "below", 4.0, False)
     assert not breaches(3.0, "above", 4.0, True) and not breaches(5.0, "below", 4.0, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "south", "north", "west", "east"),
+    [("bac-lieu", 8.9, 9.7, 105.2, 105.9), ("binh-phuoc", 11.2, 12.3, 106.4, 107.5)],
+)
+def test_every_district_of_a_province_has_a_centre_inside_the_province(
+    name: str, south: float, north: float, west: float, east: float
+) -> None:
+    for district in load_profile(name).districts:
+        assert district.latitude is not None and district.longitude is not None, district.id
+        assert south < district.latitude < north and west < district.longitude < east, district.id
+
+
+def test_a_district_centre_needs_both_coordinates(tmp_path: Path) -> None:
+    path = tmp_path / "half.yaml"
+    path.write_text(
+        "title_vi: x\ntitle_en: x\nsectors:\n  - id: water\n"
+        "districts:\n  - {id: a, name_vi: A, name_en: A, latitude: 9.5}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ProfileError, match="latitude and longitude go together"):
+        load_profile(str(path))
