@@ -32,6 +32,7 @@ from api.routers import (
     ws,
 )
 from api.routers.overview import sector_figures
+from api.stalls import Stalls
 from ingest.http import HttpIngest
 from ingest.worker import rules_for, writer_for
 from ioc.catalogue import load_profile
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer.start()
         pruner = None
         feed: AlertFeed | None = None
+        stalls: Stalls | None = None
         live: LivePanels | None = None
         try:
             async with db.engine.connect() as conn:
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache_s=settings.api_key_cache_s,
             )
             app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_min)
+            app.state.stalls = stalls = Stalls(settings.ws_send_timeout_s)
             feed = AlertFeed(url)
             await feed.start()
             app.state.feed = feed
@@ -106,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await live.stop()
             if feed is not None:
                 await feed.stop()
+            if stalls is not None:
+                await stalls.stop()
             if pruner is not None:
                 pruner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -33,6 +33,7 @@ from api.feed import AlertFeed, FeedEvent, replay
 from api.live import LivePanels
 from api.metrics import WS_CLIENTS, WS_CLOSED
 from api.permissions import Permission, allows
+from api.stalls import Sending, Stalled, Stalls, watched_send
 from ioc.vocabulary import SEVERITY_RANK, Severity
 
 router = APIRouter()
@@ -45,10 +46,6 @@ CLOSE_WAIT_S: Final = 1.0
 """How long a close frame may wait for a stalled client before its handler gives up on it."""
 BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, TOO_SLOW = 4400, 4401, 4403, 4408
 _REASONS: Final = {BAD_REQUEST: "bad_request", UNAUTHORIZED: "unauthorized", FORBIDDEN: "forbidden"}
-
-
-class _Stalled(Exception):
-    """A message waited IOC_WS_SEND_TIMEOUT_S for a client that reads nothing."""
 
 
 class _Refused(Exception):
@@ -98,7 +95,7 @@ async def alerts_socket(ws: WebSocket) -> None:
     `min_severity`, and by the key's sectors for agency keys."""
     ctx: Context = ws.app.state.ctx
     feed: AlertFeed = ws.app.state.feed
-    out = _Out(ws, "alerts", ctx.settings.ws_send_timeout_s)
+    out = _Out(ws, "alerts", ws.app.state.stalls)
     try:
         since, sectors, floor = _query(ws)
         principal = await _authenticate(ws, ws.app.state.keys, Permission.ALERTS_READ)
@@ -125,7 +122,7 @@ async def alerts_socket(ws: WebSocket) -> None:
     # the last position the client has
     cursor = subscriber.after if since is None or reset is not None else since
     watcher = asyncio.create_task(_until_gone(ws))
-    WS_CLIENTS.labels(out.stream).inc()
+    out.watch()
     try:
         if reset is not None:
             await out.json({"type": "reset", "cursor": cursor, "reason": reset})
@@ -148,12 +145,12 @@ async def alerts_socket(ws: WebSocket) -> None:
             elif live is not None:
                 await out.event(live)
                 cursor = live.seq
-    except _Stalled:
+    except Stalled:
         await out.drop("stalled", f"stalled: resume with since={cursor}")
     except (WebSocketDisconnect, RuntimeError):
         return  # the client went away mid-send
     finally:
-        WS_CLIENTS.labels(out.stream).dec()
+        out.forget()
         feed.unsubscribe(subscriber)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
@@ -177,12 +174,24 @@ async def _unresumable(conn: AsyncConnection, since: int, most: int) -> str | No
 
 class _Out:
     """What the server sends one client: JSON text frames (strings in a browser), each allowed
-    `timeout_s` to be taken by the client's TCP window, and the closes."""
+    IOC_WS_SEND_TIMEOUT_S to be taken by the client's TCP window (`api.stalls`), and the
+    closes."""
 
-    def __init__(self, ws: WebSocket, stream: str, timeout_s: float) -> None:
+    def __init__(self, ws: WebSocket, stream: str, stalls: Stalls) -> None:
         self.ws = ws
         self.stream = stream
-        self.timeout_s = timeout_s
+        self.stalls = stalls
+        self.sending: Sending | None = None
+
+    def watch(self) -> None:
+        """From here on, a send that waits IOC_WS_SEND_TIMEOUT_S raises Stalled."""
+        self.sending = self.stalls.watch()
+        WS_CLIENTS.labels(self.stream).inc()
+
+    def forget(self) -> None:
+        if self.sending is not None:
+            self.stalls.forget(self.sending)
+            WS_CLIENTS.labels(self.stream).dec()
 
     async def json(self, message: dict[str, Any]) -> None:
         await self._text(orjson.dumps(message).decode())
@@ -191,11 +200,10 @@ class _Out:
         await self._text(event.text)  # encoded once per event, not once per client
 
     async def _text(self, text: str) -> None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.ws.send_text(text)
-        except TimeoutError:
-            raise _Stalled from None
+        if self.sending is None:
+            await self.ws.send_text(text)
+        else:
+            await watched_send(self.sending, self.ws.send_text(text))
 
     async def refuse(self, refused: _Refused) -> None:
         WS_CLOSED.labels(self.stream, _REASONS[refused.code]).inc()
@@ -261,7 +269,7 @@ async def live_socket(ws: WebSocket) -> None:
     whenever its figures change, at most once a second per sector."""
     live: LivePanels = ws.app.state.live
     ctx: Context = ws.app.state.ctx
-    out = _Out(ws, "live", ctx.settings.ws_send_timeout_s)
+    out = _Out(ws, "live", ws.app.state.stalls)
     try:
         principal = await _authenticate(ws, ws.app.state.keys, Permission.PANELS_READ)
     except _Refused as refused:
@@ -269,7 +277,7 @@ async def live_socket(ws: WebSocket) -> None:
         return
     subscriber = live.subscribe(principal.sectors)
     watcher = asyncio.create_task(_until_gone(ws))
-    WS_CLIENTS.labels(out.stream).inc()
+    out.watch()
     try:
         sectors = [s for s in await live.snapshot() if principal.can_see(s["id"])]
         await out.json({"type": "snapshot", "sectors": sectors})
@@ -284,12 +292,12 @@ async def live_socket(ws: WebSocket) -> None:
                 await out.json({"type": "heartbeat"})
             elif sector is not None:
                 await out.json({"type": "sector", "sector": sector})
-    except _Stalled:
+    except Stalled:
         await out.drop("stalled", "stalled: reconnect for a new snapshot")
     except (WebSocketDisconnect, RuntimeError):
         return
     finally:
-        WS_CLIENTS.labels(out.stream).dec()
+        out.forget()
         live.unsubscribe(subscriber)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
