@@ -1,4 +1,5 @@
-"""Notifiers: alert events go out after commit, on MQTT and to webhooks, from `alert_event`.
+"""Notifiers: alert events go out after commit, on MQTT and to webhooks (and to the transition
+log, `alerts.transitions`), from `alert_event`.
 
 Each channel has a cursor (`notify_cursor.last_id`: the `seq` of the last alert event it
 finished) and delivers in commit order (`alert_event.seq`), at least once: an event committed
@@ -243,11 +244,18 @@ class Dispatcher:
         *,
         backoff_start_s: float = BACKOFF_START_S,
         backoff_max_s: float = BACKOFF_MAX_S,
+        notes: bool = False,
+        record: bool = True,
     ) -> None:
+        """`notes`: the channel also gets the operators' notes (comments, assignments,
+        publication), which outside receivers do not; `record`: each attempt is recorded in
+        `alert_delivery` (the transition log records none)."""
         self._conninfo = libpq_url(database_url)
         self.channel = channel
         self.backoff_start_s = backoff_start_s
         self.backoff_max_s = backoff_max_s
+        self.notes = notes
+        self.record = record
         self._conn: psycopg.Connection[Any] | None = None
         self.delivered = 0
 
@@ -310,7 +318,7 @@ class Dispatcher:
         doc = event_document(row)
         # what people noted about an alert (comments, assignment, publication) is for the
         # operations room, not for outside receivers
-        if row["kind"] in NOTE_KINDS or not self.channel.wants(doc):
+        if (row["kind"] in NOTE_KINDS and not self.notes) or not self.channel.wants(doc):
             return True
         body = orjson.dumps(doc)
         backoff = self.backoff_start_s
@@ -318,12 +326,13 @@ class Dispatcher:
         while True:
             attempt += 1
             outcome = self.channel.deliver(doc, body)
-            conn.execute(
-                "INSERT INTO alert_delivery (alert_event_id, channel, attempt, ok, status_code, "
-                "error) VALUES (%s, %s, %s, %s, %s, %s)",
-                (doc["id"], self.channel.name, attempt, outcome.ok, outcome.status_code,
-                 outcome.error),
-            )  # fmt: skip
+            if self.record:
+                conn.execute(
+                    "INSERT INTO alert_delivery (alert_event_id, channel, attempt, ok, "
+                    "status_code, error) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (doc["id"], self.channel.name, attempt, outcome.ok, outcome.status_code,
+                     outcome.error),
+                )  # fmt: skip
             if outcome.ok:
                 self.delivered += 1
                 return True

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import math
 import random
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -23,6 +25,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
+import psycopg
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
@@ -32,11 +35,17 @@ from rich.table import Table
 from ingest.simulator_curves import (
     ANOMALY_PROBABILITY_PER_SOURCE_H,
     SILENCE_PROBABILITY_PER_WINDOW,
+    DemoPlan,
+    DemoSchedule,
     Episode,
+    Outage,
     SourcePlan,
     TelemetryModel,
+    intrusion_stations,
     plan_sources,
+    profile_abbreviation,
 )
+from ingest.simulator_places import place_sources
 from ioc.catalogue import Profile
 from ioc.errors import BrokerError, ConfigError
 from ioc.mqtt import Protocol, paho_client, parse_mqtt_url
@@ -84,7 +93,9 @@ def topic(sector_id: str, source_id: str, channel: str) -> str:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to simulate and how fast; `duration_s=None` runs until stopped."""
+    """What to simulate and how fast; `duration_s=None` runs until stopped. `demo`: follow
+    the demo's schedule (alerts from the first seconds, cameras offline, salinity intrusions)
+    besides the drawn anomalies and silences."""
 
     profile: Profile
     sources: int = 50
@@ -99,6 +110,7 @@ class SimulationConfig:
     source_prefix: str = ""
     max_in_flight: int = MAX_IN_FLIGHT_MESSAGES
     mqtt_protocol: Protocol = "5"
+    demo: DemoSchedule | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +142,7 @@ class Message:
     senml: bool = False
     bad: BadKind | None = None
     episodes_started: tuple[Episode, ...] = ()
+    outage_started: Outage | None = None
 
 
 def _json_records(samples: list[tuple[int, dict[str, float]]], batch: bool) -> bytes:
@@ -175,9 +188,17 @@ class MessageStream:
         self._last_ts_ms: dict[str, int] = {}
         self._last_episode: dict[str, float] = {}
         self._since_ms: int | None = None
+        self.demo: DemoPlan | None = None  # from the first message on, when configured
+        self._status_due: deque[Message] = deque()
         self._units = {s.id: {m.id: m.unit for m in s.metrics} for s in config.profile.sectors}
         # Each source reports about once per round; a batch spreads its samples over that time.
         self._round_ms = max(1, round(1000 * len(self.sources) / config.rate_per_s))
+
+    @property
+    def has_intrusions(self) -> bool:
+        """Whether the demo's schedule has intrusions to make among these sources."""
+        demo = self.config.demo
+        return demo is not None and bool(intrusion_stations(self.sources, demo.intrusion_metric))
 
     def status(self, payload: str) -> list[Message]:
         """One status message (`online` or `offline`) per source."""
@@ -195,6 +216,12 @@ class MessageStream:
         if self._since_ms is None:
             # The first samples reach back one round: episodes from then on count as new.
             self._since_ms = now_ms - self._round_ms
+            if self.config.demo is not None:
+                self.demo = self.model.start_demo(self.config.demo, self.sources, now_ms)
+        if self.demo is not None:
+            status = self._demo_status(now_ms)
+            if status is not None:
+                return status
         source = self._next_source(now_ms)
         if source is None:
             return None
@@ -222,6 +249,20 @@ class MessageStream:
             readings=readings,
             episodes_started=started,
         )
+
+    def _demo_status(self, now_ms: int) -> Message | None:
+        """A camera of the demo going offline or coming back says so first (a last will)."""
+        assert self.demo is not None
+        for source, status, outage in self.demo.due_changes(now_ms / 1000):
+            self._status_due.append(
+                Message(
+                    topic(source.sector_id, source.source_id, "status"),
+                    status.encode(),
+                    source.source_id,
+                    outage_started=outage if status == "offline" else None,
+                )
+            )
+        return self._status_due.popleft() if self._status_due else None
 
     def _next_source(self, now_ms: int) -> SourcePlan | None:
         for _ in range(len(self._order)):
@@ -296,6 +337,7 @@ class SimulatorStats:
     bad_by_kind: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     status_messages: int = 0
     anomalies_started: int = 0
+    outages_started: int = 0
     sources_silent: int = 0
     acknowledged: int = 0
     in_flight: int = 0
@@ -409,6 +451,7 @@ class TelemetryPublisher:
             bad_by_kind=MappingProxyType(bad),
             status_messages=counts.get("status", 0),
             anomalies_started=counts.get("anomalies", 0),
+            outages_started=counts.get("outages", 0),
             sources_silent=silent,
             acknowledged=self._in_flight.acknowledged,
             in_flight=len(self._in_flight),
@@ -427,6 +470,7 @@ class TelemetryPublisher:
                 "batch": cfg.batch,
                 "duration_s": cfg.duration_s,
                 "seed": self.seed,
+                "demo": cfg.demo is not None,
             },
         )
         client = self._connect()
@@ -461,6 +505,7 @@ class TelemetryPublisher:
                 "readings": stats.readings,
                 "bad_messages": stats.bad_messages,
                 "anomalies_started": stats.anomalies_started,
+                "outages_started": stats.outages_started,
                 "elapsed_s": round(stats.elapsed_s, 3),
                 "rate_per_s": round(stats.rate_per_s, 1),
                 "unacknowledged": stats.in_flight,
@@ -554,31 +599,32 @@ class TelemetryPublisher:
         return True
 
     def _count(self, message: Message) -> None:
+        # The live table would be torn by log lines; it shows the latest anomaly itself.
+        level = logging.DEBUG if self._show_progress else logging.INFO
         with self._lock:
             c = self._counts
             if message.topic.endswith("/status"):
                 c["status"] = c.get("status", 0) + 1
-                return
-            c["messages"] = c.get("messages", 0) + 1
-            c["readings"] = c.get("readings", 0) + message.readings
-            if message.senml:
-                c["senml"] = c.get("senml", 0) + 1
-            if message.bad is not None:
-                c["bad"] = c.get("bad", 0) + 1
-                kind = message.bad.value
-                self._bad_by_kind[kind] = self._bad_by_kind.get(kind, 0) + 1
-            c["anomalies"] = c.get("anomalies", 0) + len(message.episodes_started)
-            for episode in message.episodes_started:
-                self._last_anomaly = (
-                    f"{message.source_id} {episode.metric_id} "
-                    f"{episode.threshold.direction.value} {episode.threshold.value:g}"
-                )
+                if message.outage_started is not None:
+                    c["outages"] = c.get("outages", 0) + 1
+            else:
+                self._count_telemetry(message)
+        outage = message.outage_started
+        if outage is not None:
+            log.log(
+                level,
+                "simulated outage",
+                extra={
+                    "source": message.source_id,
+                    "silent_s": round(outage.end_s - outage.start_s),
+                },
+            )
         for episode in message.episodes_started:
             log.log(
-                # The live table would be torn by log lines; it shows the latest anomaly itself.
-                logging.DEBUG if self._show_progress else logging.INFO,
+                level,
                 "simulated anomaly",
                 extra={
+                    "kind": episode.kind,
                     "source": message.source_id,
                     "metric": episode.metric_id,
                     "threshold": episode.threshold.value,
@@ -586,6 +632,24 @@ class TelemetryPublisher:
                     "target": round(episode.target, 3),
                     "duration_s": round(episode.end_s - episode.start_s),
                 },
+            )
+
+    def _count_telemetry(self, message: Message) -> None:
+        """Count a telemetry message (the caller holds the lock)."""
+        c = self._counts
+        c["messages"] = c.get("messages", 0) + 1
+        c["readings"] = c.get("readings", 0) + message.readings
+        if message.senml:
+            c["senml"] = c.get("senml", 0) + 1
+        if message.bad is not None:
+            c["bad"] = c.get("bad", 0) + 1
+            kind = message.bad.value
+            self._bad_by_kind[kind] = self._bad_by_kind.get(kind, 0) + 1
+        c["anomalies"] = c.get("anomalies", 0) + len(message.episodes_started)
+        for episode in message.episodes_started:
+            self._last_anomaly = (
+                f"{message.source_id} {episode.metric_id} "
+                f"{episode.threshold.direction.value} {episode.threshold.value:g}"
             )
 
     def _publish_loop(self, client: paho.Client) -> None:
@@ -662,6 +726,7 @@ class TelemetryPublisher:
             ("readings", f"{s.readings:,}"),
             ("bad messages", f"{s.bad_messages:,}"),
             ("anomalies started", f"{s.anomalies_started:,}"),
+            ("outages started", f"{s.outages_started:,}"),
             ("latest anomaly", last_anomaly),
             ("sources", f"{s.sources:,} ({s.sources_silent:,} silent now)"),
             ("in flight", f"{s.in_flight:,} (acknowledged {s.acknowledged:,})"),
@@ -670,6 +735,38 @@ class TelemetryPublisher:
         for name, value in rows:
             table.add_row(name, value)
         return table
+
+
+def demo_schedule(*, sweep_interval_s: float, min_silence_s: float) -> DemoSchedule:
+    """The demo's schedule, its outages timed for an alerts service that sweeps every
+    `sweep_interval_s` and calls no source silent sooner than `min_silence_s`."""
+    return DemoSchedule(sweep_interval_s=sweep_interval_s, min_silence_s=min_silence_s)
+
+
+def simulated_ids(profiles: Iterable[Profile]) -> str:
+    """A regular expression (PostgreSQL's and Python's) matching the ids the simulator gives
+    the sources of these profiles (run without a source prefix), whatever their number."""
+    chosen = list(profiles)
+    tags = sorted({re.escape(profile_abbreviation(p.name)) for p in chosen})
+    sectors = sorted({re.escape(s.id.replace("_", "-")) for p in chosen for s in p.sectors})
+    return f"^({'|'.join(tags)})-({'|'.join(sectors)})-[0-9]{{3}}$"
+
+
+def source_ids(config: SimulationConfig) -> list[str]:
+    """The ids of the sources a run with `config` publishes for."""
+    return [
+        s.source_id
+        for s in plan_sources(config.profile, config.sources, prefix=config.source_prefix)
+    ]
+
+
+def place_simulated_sources(
+    conn: psycopg.Connection[Any], config: SimulationConfig, *, actor: str
+) -> int:
+    """A district and a position for every source a run with `config` publishes for (the
+    screen's maps); see `ingest.simulator_places`. The caller commits."""
+    plans = plan_sources(config.profile, config.sources, prefix=config.source_prefix)
+    return place_sources(conn, config.profile, plans, actor=actor)
 
 
 def run_simulation(

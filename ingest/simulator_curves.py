@@ -7,17 +7,21 @@ random state, so a value can be recomputed and tested at any instant.
 from __future__ import annotations
 
 import calendar
+import heapq
 import math
 import random
 import re
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
-from typing import TypeVar
+from itertools import pairwise
+from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo
 
+from alerts.rules import SILENCE_FACTOR_DEFAULT
 from ioc.catalogue import Metric, Profile, Threshold
 from ioc.errors import ConfigError
 from ioc.vocabulary import Direction, Severity
@@ -411,9 +415,16 @@ def plan_sources(profile: Profile, count: int, *, prefix: str = "") -> tuple[Sou
 # --- episodes and the model ----------------------------------------------------------------
 
 
+EpisodeKind = Literal["anomaly", "intrusion"]
+
+
 @dataclass(frozen=True)
 class Episode:
-    """An anomaly: one metric of one source held past a threshold for a while."""
+    """An anomaly: one metric of one source held past a threshold for a while.
+
+    An `intrusion` (salinity pushing inland) does not jump: it climbs from `base` to `target`
+    over `rise_s`, holds, and falls back over `fall_s` before `end_s`.
+    """
 
     source_key: str
     metric_id: str
@@ -421,10 +432,22 @@ class Episode:
     start_s: float
     end_s: float
     target: float
+    kind: EpisodeKind = "anomaly"
+    base: float = 0.0
+    rise_s: float = 0.0
+    fall_s: float = 0.0
 
     def active(self, t_s: float) -> bool:
         """Whether the episode covers epoch second `t_s`."""
         return self.start_s <= t_s < self.end_s
+
+    def envelope(self, t_s: float) -> float:
+        """How far the value has gone from `base` towards `target` at `t_s`, in [0, 1]."""
+        if not self.active(t_s):
+            return 0.0
+        up = 1.0 if self.rise_s <= 0 else (t_s - self.start_s) / self.rise_s
+        down = 1.0 if self.fall_s <= 0 else (self.end_s - t_s) / self.fall_s
+        return max(0.0, min(1.0, up, down))
 
 
 _V = TypeVar("_V")
@@ -506,26 +529,52 @@ class TelemetryModel:
         self._day_totals: dict[tuple[str, int], float] = {}
         self._candidates: dict[str, tuple[tuple[Metric, Threshold], ...]] = {}
         self._lookbacks: dict[str, int] = {}
+        self.demo: DemoPlan | None = None
+
+    def start_demo(
+        self, schedule: DemoSchedule, sources: Sequence[SourcePlan], origin_ms: int
+    ) -> DemoPlan:
+        """Follow the demo's schedule from `origin_ms` on, besides the drawn episodes."""
+        self.demo = DemoPlan(self, sources, schedule, origin_ms)
+        return self.demo
 
     # -- values --
 
     def sample(self, source: SourcePlan, ts_ms: int) -> dict[str, float]:
         """Readings of all the source's metrics at `ts_ms` (counts as int)."""
         t_s = ts_ms / 1000
-        local = datetime.fromtimestamp(t_s, self._tz)
-        hour = local.hour + local.minute / 60 + local.second / 3600
+        local, hour = self._local(t_s)
         episode = self.episode_at(source, ts_ms)
         rng = _seeded(self.seed, "noise", source.key, ts_ms)
         out: dict[str, float] = {}
         for metric in source.metrics:
             rule = self._rule(source.sector_id, metric)
             if episode is not None and episode.metric_id == metric.id:
+                if episode.kind == "intrusion":
+                    out[metric.id] = self._ramp_value(rule, episode, t_s, rng)
+                    continue
                 raw = self._episode_value(rule, episode, rng)
             else:
                 raw = self._normal(source, rule, t_s, local, hour, rng)
                 raw = max(min(raw, rule.normal_hi), rule.normal_lo)
             out[metric.id] = rule.finish(raw)
         return out
+
+    def normal_value(self, source: SourcePlan, metric_id: str, ts_ms: int) -> float:
+        """What one metric of the source reads at `ts_ms` outside any episode."""
+        metric = next((m for m in source.metrics if m.id == metric_id), None)
+        if metric is None:
+            raise ConfigError(f"source {source.source_id} does not report {metric_id}")
+        rule = self._rule(source.sector_id, metric)
+        t_s = ts_ms / 1000
+        local, hour = self._local(t_s)
+        rng = _seeded(self.seed, "noise", source.key, ts_ms, metric_id)
+        raw = self._normal(source, rule, t_s, local, hour, rng)
+        return rule.finish(max(min(raw, rule.normal_hi), rule.normal_lo))
+
+    def _local(self, t_s: float) -> tuple[datetime, float]:
+        local = datetime.fromtimestamp(t_s, self._tz)
+        return local, local.hour + local.minute / 60 + local.second / 3600
 
     def value(self, source: SourcePlan, metric_id: str, ts_ms: int) -> float:
         """One metric's reading at `ts_ms`."""
@@ -585,6 +634,16 @@ class TelemetryModel:
         # The wobble must never let the value slip back across: the alert would reset.
         return value if episode.threshold.breached(value) else episode.target
 
+    def _ramp_value(self, rule: _Rule, episode: Episode, t_s: float, rng: random.Random) -> float:
+        smooth = episode.base + (episode.target - episode.base) * episode.envelope(t_s)
+        noisy = smooth + rng.gauss(0.0, rule.shape.noise) if rule.shape.noise else smooth
+        value, curve = rule.finish(noisy), rule.finish(smooth)
+        # Noise must not take the value across a threshold the curve has not crossed (or back
+        # over one it has): a rule's hold timer would restart and the alert come late.
+        if any(t.breached(value) != t.breached(curve) for t in rule.metric.thresholds):
+            return curve
+        return value
+
     # -- anomaly episodes --
 
     def _anomaly_candidates(self, source: SourcePlan) -> tuple[tuple[Metric, Threshold], ...]:
@@ -633,7 +692,16 @@ class TelemetryModel:
         return hours
 
     def episode_at(self, source: SourcePlan, ts_ms: int) -> Episode | None:
-        """The anomaly episode of the source running at `ts_ms`, if any (latest started)."""
+        """The anomaly episode of the source running at `ts_ms`, if any: the demo's, else the
+        latest started of the drawn ones."""
+        if self.demo is not None:
+            planned = self.demo.episode_at(source, ts_ms / 1000)
+            if planned is not None:
+                return planned
+        return self.drawn_episode_at(source, ts_ms)
+
+    def drawn_episode_at(self, source: SourcePlan, ts_ms: int) -> Episode | None:
+        """The episode drawn at random (hour by hour) running at `ts_ms`, if any."""
         if self.anomaly_probability_per_source_h <= 0.0:
             return None
         t_s = ts_ms / 1000
@@ -669,7 +737,14 @@ class TelemetryModel:
         return span
 
     def is_silent(self, source: SourcePlan, ts_ms: int) -> bool:
-        """Whether the source has gone quiet at `ts_ms` (it publishes nothing then)."""
+        """Whether the source has gone quiet at `ts_ms` (it publishes nothing then): in one of
+        the demo's outages or in a drawn silence."""
+        if self.demo is not None and self.demo.offline(source, ts_ms / 1000):
+            return True
+        return self.drawn_silence(source, ts_ms)
+
+    def drawn_silence(self, source: SourcePlan, ts_ms: int) -> bool:
+        """Whether the source is in a silence drawn at random (window by window) at `ts_ms`."""
         if self.silence_probability_per_window <= 0.0:
             return False
         window_s = SILENCE_WINDOW_IN_INTERVALS * source.expected_interval_s
@@ -678,3 +753,332 @@ class TelemetryModel:
         window = math.floor(t_s / window_s)
         span = self._silence_in_window(source, window)
         return span is not None and span[0] <= t_s - window * window_s < span[1]
+
+
+# --- the demo's schedule -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoSchedule:
+    """The cadence of `ioc demo`, in seconds from the run's first message.
+
+    Threshold anomalies start at `anomaly_starts_s`, then one every `anomaly_gap_s`, each in
+    the next sector of a shuffled round, on a rule held at most `max_hold_s` (by default only
+    rules without a hold time, so each alert opens as its anomaly starts and the trickle is
+    steady; the first anomaly is on the quickest rule there is); each lasts its rule's hold
+    time plus `anomaly_extra_s`, so the alert opens and then resolves.
+
+    A camera (a source of `outage_sector`) goes offline from `first_outage_s`: it publishes
+    `offline` and stays silent long enough for the silence rule (`silence_factor` x its
+    interval, at least `min_silence_s`) and the sweeper (`sweep_interval_s`) to open an alert,
+    which then shows for `outage_visible_s` before the camera is back; the next one follows
+    `outage_gap_s` later.
+
+    When a source reports `intrusion_metric` with a threshold above, salinity intrudes from
+    `first_intrusion_s`: it rises past every threshold over `intrusion_rise_s`, holds until
+    the highest threshold's hold time has passed and its alert has shown for
+    `intrusion_visible_s`, and recedes over `intrusion_fall_s`; the next intrusion, at another
+    station, follows `intrusion_gap_s` later.
+
+    Drawn anomalies and silences go on as without the schedule.
+    """
+
+    anomaly_starts_s: tuple[float, ...] = (5.0, 20.0)
+    anomaly_gap_s: tuple[float, float] = (30.0, 60.0)
+    anomaly_extra_s: tuple[float, float] = (60.0, 150.0)
+    max_hold_s: int = 0
+    first_outage_s: float = 20.0
+    outage_gap_s: float = 240.0
+    outage_visible_s: float = 90.0
+    outage_sector: str = "security"
+    sweep_interval_s: float = 15.0
+    min_silence_s: float = 60.0
+    silence_factor: float = SILENCE_FACTOR_DEFAULT
+    first_intrusion_s: float = 10.0
+    intrusion_gap_s: float = 600.0
+    intrusion_rise_s: float = 240.0
+    intrusion_fall_s: float = 240.0
+    intrusion_visible_s: float = 120.0
+    intrusion_metric: str = "salinity"
+
+    def __post_init__(self) -> None:
+        problems = []
+        starts = self.anomaly_starts_s
+        if not starts or any(b <= a for a, b in pairwise(starts)):
+            problems.append("anomaly starts must be rising seconds")
+        for name in ("anomaly_gap_s", "anomaly_extra_s"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                problems.append(f"{name} must be a range of positive seconds")
+        for name in (
+            "outage_gap_s",
+            "outage_visible_s",
+            "sweep_interval_s",
+            "silence_factor",
+            "intrusion_gap_s",
+            "intrusion_rise_s",
+            "intrusion_fall_s",
+            "intrusion_visible_s",
+        ):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive")
+        if min(starts or (0.0,)) < 0 or self.first_outage_s < 0 or self.first_intrusion_s < 0:
+            problems.append("first starts must not be negative")
+        if self.max_hold_s < 0:
+            problems.append("max_hold_s must not be negative")
+        if problems:
+            raise ConfigError("demo schedule: " + "; ".join(problems))
+
+    def outage_s(self, interval_s: float) -> float:
+        """How long a source with this reporting interval stays offline."""
+        allowance = max(self.min_silence_s, self.silence_factor * interval_s)
+        return allowance + self.sweep_interval_s + self.outage_visible_s
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A source of the demo gone offline: no readings from `start_s` until `end_s`."""
+
+    source_key: str
+    start_s: float
+    end_s: float
+
+    def active(self, t_s: float) -> bool:
+        """Whether the source is offline at epoch second `t_s`."""
+        return self.start_s <= t_s < self.end_s
+
+
+def intrusion_stations(sources: Sequence[SourcePlan], metric_id: str) -> list[SourcePlan]:
+    """The sources an intrusion of `metric_id` can happen at: they report it, and it has a
+    threshold above."""
+    return [
+        s
+        for s in sources
+        if any(
+            m.id == metric_id and any(t.direction is Direction.ABOVE for t in m.thresholds)
+            for m in s.metrics
+        )
+    ]
+
+
+StatusChange = tuple[SourcePlan, Literal["offline", "online"], Outage]
+
+_STREAMS = ("anomaly", "intrusion", "outage")
+
+
+@dataclass
+class _Busy:
+    """What the demo planned for one source, in start order (never overlapping)."""
+
+    episodes: list[Episode] = field(default_factory=list)
+    outages: list[Outage] = field(default_factory=list)
+
+
+class DemoPlan:
+    """The episodes and outages of a `DemoSchedule`, planned in time order as the clock
+    reaches them; a function of (seed, sources, schedule, origin) only."""
+
+    def __init__(
+        self,
+        model: TelemetryModel,
+        sources: Sequence[SourcePlan],
+        schedule: DemoSchedule,
+        origin_ms: int,
+    ) -> None:
+        self.model = model
+        self.schedule = schedule
+        self.origin_s = origin_ms / 1000
+        self._rng = {name: _seeded(model.seed, "demo", name) for name in _STREAMS}
+        self._busy: dict[str, _Busy] = {s.key: _Busy() for s in sources}
+        self._sources = {s.key: s for s in sources}
+        # anomaly candidates by sector: (source, metric, threshold) a value can breach
+        self._candidates: dict[str, list[tuple[SourcePlan, Metric, Threshold]]] = {}
+        for source in sources:
+            for metric in source.metrics:
+                for t in metric.thresholds:
+                    usable = breach_target(metric, t, 0.0) is not None
+                    if usable and t.for_s <= schedule.max_hold_s:
+                        self._candidates.setdefault(source.sector_id, []).append(
+                            (source, metric, t)
+                        )
+        self._quickest = min(
+            (t.for_s for found in self._candidates.values() for _, _, t in found), default=0
+        )
+        self._round: list[str] = []
+        cameras = [s for s in sources if s.sector_id == schedule.outage_sector]
+        if not cameras:  # no such sector: the sources that report most often
+            shortest = min(s.expected_interval_s for s in sources)
+            cameras = [s for s in sources if s.expected_interval_s == shortest]
+        self._cameras = cameras
+        self._stations = intrusion_stations(sources, schedule.intrusion_metric)
+        self._stations_round: list[SourcePlan] = []
+        self._anomalies = 0
+        origin = self.origin_s
+        self._next = {
+            "anomaly": origin + schedule.anomaly_starts_s[0] if self._candidates else math.inf,
+            "intrusion": origin + schedule.first_intrusion_s if self._stations else math.inf,
+            "outage": origin + schedule.first_outage_s,
+        }
+        self._changes: list[tuple[float, int, str, str]] = []  # a heap of status changes
+        self._change_seq = 0
+        self.episodes: list[Episode] = []
+        self.outages: list[Outage] = []
+
+    # -- what the model asks --
+
+    def episode_at(self, source: SourcePlan, t_s: float) -> Episode | None:
+        """The demo's episode of the source running at `t_s`, if any."""
+        self.plan_until(t_s)
+        busy = self._busy.get(source.key)
+        for episode in reversed(busy.episodes if busy else []):
+            if episode.start_s <= t_s:
+                return episode if episode.active(t_s) else None
+        return None
+
+    def offline(self, source: SourcePlan, t_s: float) -> bool:
+        """Whether the source is in one of the demo's outages at `t_s`."""
+        self.plan_until(t_s)
+        busy = self._busy.get(source.key)
+        for outage in reversed(busy.outages if busy else []):
+            if outage.start_s <= t_s:
+                return outage.active(t_s)
+        return False
+
+    def due_changes(self, t_s: float) -> list[StatusChange]:
+        """Status changes (offline at an outage's start, online at its end) due by `t_s`, in
+        time order, each once."""
+        self.plan_until(t_s)
+        due: list[StatusChange] = []
+        while self._changes and self._changes[0][0] <= t_s:
+            at, _, key, payload = heapq.heappop(self._changes)
+            outage = next(o for o in self._busy[key].outages if o.start_s <= at <= o.end_s)
+            status: Literal["offline", "online"] = "offline" if payload == "offline" else "online"
+            due.append((self._sources[key], status, outage))
+        return due
+
+    # -- planning --
+
+    def plan_until(self, t_s: float) -> None:
+        """Plan every episode and outage starting by `t_s`, in start order."""
+        while True:
+            stream = min(_STREAMS, key=lambda name: self._next[name])
+            at = self._next[stream]
+            if at > t_s:
+                return
+            if stream == "anomaly":
+                self._next[stream] = self._plan_anomaly(at)
+            elif stream == "intrusion":
+                self._next[stream] = self._plan_intrusion(at)
+            else:
+                self._next[stream] = self._plan_outage(at)
+
+    def _free(self, source: SourcePlan, start_s: float, end_s: float) -> bool:
+        """Whether nothing else happens to the source over [start_s, end_s)."""
+        busy = self._busy[source.key]
+        spans = [(e.start_s, e.end_s) for e in busy.episodes]
+        spans += [(o.start_s, o.end_s) for o in busy.outages]
+        if any(a < end_s and start_s < b for a, b in spans):
+            return False
+        at_ms = round(start_s * 1000)
+        model = self.model
+        return (
+            not model.drawn_silence(source, at_ms) and model.drawn_episode_at(source, at_ms) is None
+        )
+
+    def _plan_anomaly(self, at: float) -> float:
+        rng = self._rng["anomaly"]
+        schedule = self.schedule
+        k = self._anomalies
+        self._anomalies += 1
+        if k + 1 < len(schedule.anomaly_starts_s):
+            following = self.origin_s + schedule.anomaly_starts_s[k + 1]
+        else:
+            following = at + rng.uniform(*schedule.anomaly_gap_s)
+        longest_extra = schedule.anomaly_extra_s[1]
+        for _ in range(len(self._candidates)):
+            if not self._round:
+                self._round = sorted(self._candidates)
+                rng.shuffle(self._round)
+            sector = self._round.pop()
+            found = [
+                (source, metric, t)
+                for source, metric, t in self._candidates[sector]
+                if (k > 0 or t.for_s == self._quickest)
+                and self._free(source, at, at + t.for_s + longest_extra)
+            ]
+            if not found:
+                continue
+            source, metric, threshold = rng.choice(found)
+            target = breach_target(metric, threshold, rng.random())
+            if target is None:
+                continue
+            length = threshold.for_s + rng.uniform(*schedule.anomaly_extra_s)
+            self._add(
+                source,
+                Episode(source.key, metric.id, threshold, at, at + length, target),
+            )
+            break
+        return following
+
+    def _plan_intrusion(self, at: float) -> float:
+        rng = self._rng["intrusion"]
+        schedule = self.schedule
+        for _ in range(len(self._stations)):
+            if not self._stations_round:
+                self._stations_round = list(self._stations)
+                rng.shuffle(self._stations_round)
+            station = self._stations_round.pop()
+            metric = next(m for m in station.metrics if m.id == schedule.intrusion_metric)
+            above = [t for t in metric.thresholds if t.direction is Direction.ABOVE]
+            top = max(above, key=lambda t: t.value)
+            base = self.model.normal_value(station, metric.id, round(at * 1000))
+            target = breach_target(metric, top, rng.uniform(0.2, 0.6))
+            if target is None or target <= base:
+                continue
+            # the rising curve passes the highest threshold here; its hold time runs from then
+            crossing = max(0.0, min(1.0, (top.value - base) / (target - base)))
+            fired = at + crossing * schedule.intrusion_rise_s + top.for_s
+            fall_from = max(at + schedule.intrusion_rise_s, fired + schedule.intrusion_visible_s)
+            end = fall_from + schedule.intrusion_fall_s
+            if not self._free(station, at, end):
+                continue
+            self._add(
+                station,
+                Episode(
+                    station.key,
+                    metric.id,
+                    top,
+                    at,
+                    end,
+                    target,
+                    kind="intrusion",
+                    base=base,
+                    rise_s=schedule.intrusion_rise_s,
+                    fall_s=schedule.intrusion_fall_s,
+                ),
+            )
+            return end + schedule.intrusion_gap_s
+        return at + schedule.intrusion_gap_s
+
+    def _plan_outage(self, at: float) -> float:
+        rng = self._rng["outage"]
+        schedule = self.schedule
+        free = [
+            s
+            for s in self._cameras
+            if self._free(s, at, at + schedule.outage_s(s.expected_interval_s))
+        ]
+        if not free:
+            return at + schedule.outage_gap_s
+        camera = rng.choice(free)
+        outage = Outage(camera.key, at, at + schedule.outage_s(camera.expected_interval_s))
+        self._busy[camera.key].outages.append(outage)
+        self.outages.append(outage)
+        for when, payload in ((outage.start_s, "offline"), (outage.end_s, "online")):
+            self._change_seq += 1
+            heapq.heappush(self._changes, (when, self._change_seq, camera.key, payload))
+        return outage.end_s + schedule.outage_gap_s
+
+    def _add(self, source: SourcePlan, episode: Episode) -> None:
+        self._busy[source.key].episodes.append(episode)
+        self.episodes.append(episode)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import orjson
 import psycopg
@@ -242,6 +246,7 @@ def serve(
                 host=host or settings.http_host,
                 port=port or settings.http_port,
                 log_level=settings.log_level.lower(),
+                ws_per_message_deflate=WS_DEFLATE,
             )
         finally:
             stop.set()
@@ -269,6 +274,10 @@ def _start_workers(settings: Settings, url: str, stop: threading.Event) -> list[
         )
     return threads
 
+
+WS_DEFLATE: Final = False
+"""Websocket compression: off. It halved the messages one API process can send (58 against
+29 us of CPU each, bench/ws.py) to save bandwidth on what is mostly a local network."""
 
 DEMO_KEY_NAME = "ioc demo"
 
@@ -450,7 +459,7 @@ def alerts_command(
             f"alerts: sweeping every {settings.alerts_sweep_interval_s:g} s, notifying "
             f"{len(settings.alerts_webhooks)} webhook(s)"
             + (" and MQTT" if settings.alerts_mqtt and settings.mqtt_url else "")
-            + " (Ctrl-C stops)"
+            + ", logging each alert transition (Ctrl-C stops)"
         )
         from alerts.service import run_alerts
 
@@ -470,9 +479,17 @@ def simulate(
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Samples per message (gateway batch).")] = 1,
     seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable run.")] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Also follow ioc demo's schedule: an anomaly within seconds, then one every "
+            "30-60 s, a camera offline, a salinity intrusion where salinity is measured.",
+        ),
+    ] = False,
 ) -> None:
     """Publish realistic telemetry for every sector of a profile (IOC_MQTT_URL required)."""
-    from ingest.simulator import SimulationConfig, run_simulation
+    from ingest.simulator import SimulationConfig, demo_schedule, run_simulation
 
     settings = _settings()
     if settings.mqtt_url is None:
@@ -485,6 +502,12 @@ def simulate(
         batch=batch,
         seed=seed,
         mqtt_protocol=settings.mqtt_protocol,
+        demo=demo_schedule(
+            sweep_interval_s=settings.alerts_sweep_interval_s,
+            min_silence_s=settings.alerts_min_silence_s,
+        )
+        if demo
+        else None,
     )
     stats = run_simulation(
         settings.mqtt_url.get_secret_value(), config, show_progress=True, console=console
@@ -510,104 +533,230 @@ def _in_thread(name: str, target: Callable[[], object]) -> threading.Thread:
     return thread
 
 
+DEMO_OPERATOR_KEY_NAME = "ioc demo operator"
+# how long the demo's sweeper waits for the simulator's sources to report once after a restart
+FIRST_ROUND_WAIT_S = 20.0
+
+
 @app.command("demo")
 def demo(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     sources: Annotated[int, typer.Option(min=1, help="Simulated sources.")] = 40,
     rate: Annotated[float, typer.Option(help="Simulated messages per second.")] = 20.0,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Profile: bac-lieu, binh-phuoc, mekong or a YAML file (default: IOC_PROFILE)."
+        ),
+    ] = None,
 ) -> None:
     """Run everything on this machine: database, broker, ingest, alerts, simulator and API."""
     import uvicorn
+    from pydantic import SecretStr
 
-    from ingest.simulator import SimulationConfig, TelemetryPublisher
+    from alerts.service import retire_sources, run_alerts
+    from ingest.simulator import (
+        SimulationConfig,
+        TelemetryPublisher,
+        demo_schedule,
+        place_simulated_sources,
+        simulated_ids,
+        source_ids,
+    )
     from ingest.worker import run_worker
     from ioc.embedded_broker import EmbeddedBroker
 
     settings = _settings()
     port = port or settings.http_port
-    profile = load_profile(settings.profile)
+    chosen = load_profile(profile or settings.profile)  # an unknown profile stops here
+    settings = settings.model_copy(update={"profile": profile or settings.profile})
     _exit_on_sigterm()
-    _check_port_free(host, port)  # before starting anything: a second demo stops here
-    with database(settings) as url:
-        done = _prepare(url, settings, profile)
-        with psycopg.connect(libpq_url(url)) as conn:
-            _, demo_key = replace_named_key(
-                conn,
-                name=DEMO_KEY_NAME,
-                role=Role.ADMIN,
-                pepper=settings.api_key_pepper.get_secret_value(),
-                actor=cli_actor(),
+    # before starting anything: a second demo stops here, on the same data or the same port
+    with _demo_lock(settings.data_dir):
+        _check_port_free(host, port)
+        with database(settings) as url:
+            done = _prepare(url, settings, chosen)
+            schedule = demo_schedule(
+                sweep_interval_s=settings.alerts_sweep_interval_s,
+                min_silence_s=settings.alerts_min_silence_s,
             )
-        broker = None
-        mqtt_url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else None
-        if mqtt_url is None:
-            broker = EmbeddedBroker(settings.data_dir)
-            mqtt_url = broker.start()
-        if broker is not None and broker.kind == "amqtt":
-            settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})  # no MQTT 5
-        stop = threading.Event()
-        threads: list[threading.Thread] = []
+            sim_config = SimulationConfig(
+                profile=chosen,
+                sources=sources,
+                rate_per_s=rate,
+                mqtt_protocol=settings.mqtt_protocol,
+                demo=schedule,
+            )
+            simulated = source_ids(sim_config)
+            # simulated sources of an earlier run (another profile, or more of them) would
+            # look silent for ever: the demo retires them
+            every_profile = [load_profile(n) for n in bundled_profile_names()] + [chosen]
+            retired = retire_sources(
+                url, simulated_ids(every_profile), keep=simulated, actor=cli_actor()
+            )
+            admin_key, operator_key = _demo_keys(url, settings)
+            with psycopg.connect(libpq_url(url)) as conn:  # districts and positions, for maps
+                place_simulated_sources(conn, sim_config, actor=cli_actor())
+            broker = None
+            mqtt_url = settings.mqtt_url.get_secret_value() if settings.mqtt_url else None
+            if mqtt_url is None:
+                broker = EmbeddedBroker(settings.data_dir)
+                mqtt_url = broker.start()
+            if broker is not None and broker.kind == "amqtt":
+                settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})  # no MQTT 5
+                sim_config = dataclasses.replace(sim_config, mqtt_protocol="3.1.1")
+            stop = threading.Event()
+            threads: list[threading.Thread] = []
+            try:
+                _hand_over(url, mqtt_url)
+                os.environ["IOC_MQTT_PROTOCOL"] = settings.mqtt_protocol
+                os.environ["IOC_PROFILE"] = settings.profile  # the API's profile
+                get_settings.cache_clear()
+                started = datetime.now(UTC)
+                threads.append(
+                    _in_thread(
+                        "ingest",
+                        lambda: run_worker(
+                            settings, database_url=url, mqtt_url=mqtt_url, profile=chosen, stop=stop
+                        ),
+                    )
+                )
+                simulator = TelemetryPublisher(mqtt_url, sim_config, stop=stop)
+                threads.insert(0, _in_thread("simulator", simulator.run))
+                alert_settings = settings.model_copy(update={"mqtt_url": SecretStr(mqtt_url)})
+                reporting = [
+                    s.source_id
+                    for s in simulator.stream.sources
+                    if not simulator.stream.model.is_silent(s, int(started.timestamp() * 1000))
+                ]
+
+                def alerts() -> None:
+                    # after a restart every source looks silent until it reports again
+                    _await_first_round(url, reporting, started, stop)
+                    run_alerts(alert_settings, database_url=url, stop=stop)
+
+                threads.append(_in_thread("alerts", alerts))
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+                base = f"http://{shown}:{port}"
+                gap = "-".join(f"{s:g}" for s in schedule.anomaly_gap_s)
+                hidden = done.sync.sectors_deactivated
+                console.print(
+                    Panel.fit(
+                        f"profile  [bold]{done.sync.profile}[/] ({done.sync.sectors_written} "
+                        "sectors written"
+                        + (f", {hidden} of the previous profile hidden)" if hidden else ")")
+                        + (
+                            f"\nretired  {retired.sources} simulated source(s) of an earlier "
+                            f"run, {retired.alerts_resolved} of their alert(s) resolved"
+                            if retired.sources
+                            else ""
+                        )
+                        + f"\ndatabase {redact(url)}\nbroker   {mqtt_url}"
+                        + (f" ({broker.kind})" if broker else "")
+                        + f"\ningest   1 worker (MQTT {settings.mqtt_protocol})"
+                        + f"\nsimulate {sources} sources, {rate:g} msg/s: an anomaly within "
+                        f"seconds, then one every {gap} s; a camera offline every few minutes"
+                        + (", salinity intrusions" if simulator.stream.has_intrusions else "")
+                        + "\nalerts   rules from the profile; sweeper; notifier on MQTT; each "
+                        "transition logged"
+                        + f"\nAPI      {base}  (docs: /docs, health: /readyz)"
+                        + f"\ndata     {settings.data_dir}\n[dim]Ctrl-C stops everything.[/]",
+                        title="ioc demo",
+                    )
+                )
+                # printed whole, never folded, so they can be copied and clicked
+                console.print(
+                    f"screen   {base}/#key={operator_key}  (signed in as an operator)",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                console.print(
+                    f"key      {admin_key}  (admin, for /docs and curl; a new one each start)",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                uvicorn.run(
+                    "api.app:create_app",
+                    factory=True,
+                    host=host,
+                    port=port,
+                    log_level=settings.log_level.lower(),
+                    ws_per_message_deflate=WS_DEFLATE,
+                )
+            finally:
+                stop.set()
+                for thread in threads:  # the simulator first, then ingest commits what it holds
+                    thread.join(timeout=60)
+                if broker is not None:
+                    broker.stop()
+
+
+def _demo_keys(url: str, settings: Settings) -> tuple[str, str]:
+    """New keys for the demo, the previous run's revoked: an admin one for /docs and curl, and
+    an operator one the screen signs in with."""
+    pepper = settings.api_key_pepper.get_secret_value()
+    with psycopg.connect(libpq_url(url)) as conn:
+        _, admin = replace_named_key(
+            conn, name=DEMO_KEY_NAME, role=Role.ADMIN, pepper=pepper, actor=cli_actor()
+        )
+        _, operator = replace_named_key(
+            conn, name=DEMO_OPERATOR_KEY_NAME, role=Role.OPERATOR, pepper=pepper, actor=cli_actor()
+        )
+    return admin, operator
+
+
+@contextmanager
+def _demo_lock(data_dir: Path) -> Iterator[None]:
+    """Hold `demo.lock` in the data dir for the demo's life; refuse at once when another
+    process holds it (the lock goes with the process, even when it is killed)."""
+    import fcntl
+
+    path = data_dir / "demo.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the data dir {data_dir}: {exc.strerror}") from None
+    try:
         try:
-            _hand_over(url, mqtt_url)
-            os.environ["IOC_MQTT_PROTOCOL"] = settings.mqtt_protocol
-            threads.append(
-                _in_thread(
-                    "ingest",
-                    lambda: run_worker(
-                        settings, database_url=url, mqtt_url=mqtt_url, profile=profile, stop=stop
-                    ),
-                )
-            )
-            simulator = TelemetryPublisher(
-                mqtt_url,
-                SimulationConfig(
-                    profile=profile,
-                    sources=sources,
-                    rate_per_s=rate,
-                    mqtt_protocol=settings.mqtt_protocol,
-                ),
-                stop=stop,
-            )
-            threads.insert(0, _in_thread("simulator", simulator.run))
-            from pydantic import SecretStr
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigError(
+                f"another ioc demo{who} is running on the data dir {data_dir}: stop it, or "
+                "set IOC_DATA_DIR to another folder"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot lock {path}: {exc.strerror}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-            from alerts.service import run_alerts
 
-            alert_settings = settings.model_copy(update={"mqtt_url": SecretStr(mqtt_url)})
-            threads.append(
-                _in_thread(
-                    "alerts",
-                    lambda: run_alerts(alert_settings, database_url=url, stop=stop),
-                )
-            )
-            console.print(
-                Panel.fit(
-                    f"profile  [bold]{done.sync.profile}[/] ({done.sync.sectors_written} sectors "
-                    f"written)\ndatabase {redact(url)}\nbroker   {mqtt_url}"
-                    + (f" ({broker.kind})" if broker else "")
-                    + f"\ningest   1 worker (MQTT {settings.mqtt_protocol})"
-                    + f"\nsimulate {sources} sources, {rate:g} msg/s"
-                    + "\nalerts   rules from the profile; sweeper; notifier on MQTT"
-                    + f"\nAPI      http://{host}:{port}  (docs: /docs, health: /readyz)"
-                    + f"\nkey      {demo_key}  (admin; a new one each start)"
-                    f"\ndata     {settings.data_dir}\n[dim]Ctrl-C stops everything.[/]",
-                    title="ioc demo",
-                )
-            )
-            uvicorn.run(
-                "api.app:create_app",
-                factory=True,
-                host=host,
-                port=port,
-                log_level=settings.log_level.lower(),
-            )
-        finally:
-            stop.set()
-            for thread in threads:  # the simulator first, then ingest commits what it holds
-                thread.join(timeout=60)
-            if broker is not None:
-                broker.stop()
+def _await_first_round(
+    url: str, source_ids: list[str], since: datetime, stop: threading.Event
+) -> None:
+    """Wait (at most FIRST_ROUND_WAIT_S) until every source in `source_ids` that reported
+    before `since` has reported again: a sweep before that would call them all silent."""
+    deadline = time.monotonic() + FIRST_ROUND_WAIT_S
+    try:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            while not stop.is_set() and time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT count(*) FROM source WHERE id = ANY(%s) AND last_reading_at < %s",
+                    (source_ids, since),
+                ).fetchone()
+                if row is None or row[0] == 0:
+                    return
+                stop.wait(0.25)
+    except psycopg.Error as exc:
+        logging.getLogger("ioc.demo").warning(
+            "could not wait for the sources to report", extra={"error": str(exc).strip()}
+        )
 
 
 def _check_port_free(host: str, port: int) -> None:

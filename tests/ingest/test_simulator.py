@@ -10,12 +10,14 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from io import StringIO
+from itertools import pairwise
 from statistics import mean
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -25,6 +27,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from alerts.evaluation import run_group
+from alerts.rules import Rule, RuleIndex
+from alerts.seed import seeds
 from ingest.simulator import (
     BAD_KINDS,
     BadKind,
@@ -36,6 +41,7 @@ from ingest.simulator import (
     run_simulation,
 )
 from ingest.simulator_curves import (
+    DemoSchedule,
     SourcePlan,
     TelemetryModel,
     is_count,
@@ -567,3 +573,211 @@ def test_an_unreachable_broker_is_one_clear_error() -> None:
     with pytest.raises(BrokerError, match=f"127.0.0.1:{port}") as caught:
         run_simulation(f"mqtt://127.0.0.1:{port}", config)
     assert "\n" not in str(caught.value)
+
+
+# --- the demo's schedule --------------------------------------------------------------------
+
+DEMO_SOURCES = 40
+DEMO_RATE = 20.0
+DEMO_STEP_MS = 50  # the publisher's pace at 20 messages/s
+
+
+@dataclass
+class DemoRun:
+    """What a demo stream published over a stretch of simulated time, as a consumer sees it."""
+
+    stream: MessageStream
+    origin_ms: int
+    readings: dict[tuple[str, str, str], list[tuple[datetime, float]]]
+    telemetry_at: dict[str, list[int]]  # source id -> publish times (ms)
+    status: list[tuple[int, str, str]]  # (ms, source id, payload)
+
+    def changes(self, profile: Profile) -> list[Change]:
+        """What the profile's default threshold rules make of the readings, in time order."""
+        index = RuleIndex(threshold_rules(profile))
+        out = []
+        for (sector, source, metric), readings in self.readings.items():
+            for group in index.groups(sector, metric, source):
+                for change in run_group(group, {}, readings).changes:
+                    at = change.ts.timestamp() - self.origin_ms / 1000
+                    out.append(Change(at, change.kind, sector, source, metric, change.severity))
+        return sorted(out)
+
+
+class Change(NamedTuple):
+    """A rule group's severity change: `at` seconds after the demo's first message."""
+
+    at: float
+    kind: str
+    sector: str
+    source: str
+    metric: str
+    severity: str | None
+
+
+def threshold_rules(profile: Profile) -> list[Rule]:
+    """The profile's default threshold rules, as `ioc db upgrade` seeds them."""
+    rules = []
+    for rule_id, definition in enumerate(seeds(profile).values()):
+        if definition["kind"] != "threshold":
+            continue
+        rules.append(
+            Rule(
+                id=rule_id,
+                name=definition["name"],
+                kind="threshold",
+                sector=definition["sector_id"],
+                severity=definition["severity"],
+                metric=definition["metric"],
+                direction=definition["direction"],
+                value=definition["threshold"],
+                inclusive=definition["inclusive"],
+                for_s=definition["for_s"],
+                clear_at=definition["clear_at"],
+            )
+        )
+    return rules
+
+
+def run_demo(name: str, minutes: float, *, seed: int = 1, drawn: bool = False) -> DemoRun:
+    """The demo's stream for `minutes` of simulated time from T0_MS, decoded. `drawn`: keep the
+    anomalies and silences drawn at random (off: only the schedule makes alerts)."""
+    profile = load_profile(name)
+    off = (
+        {}
+        if drawn
+        else {"anomaly_probability_per_source_h": 0, "silence_probability_per_window": 0}
+    )
+    config = SimulationConfig(
+        profile=profile,
+        sources=DEMO_SOURCES,
+        rate_per_s=DEMO_RATE,
+        demo=DemoSchedule(),
+        **off,
+    )
+    stream = MessageStream(config, seed=seed)
+    run = DemoRun(stream, T0_MS, defaultdict(list), defaultdict(list), [])
+    for i in range(round(minutes * 60_000 / DEMO_STEP_MS)):
+        now_ms = T0_MS + i * DEMO_STEP_MS
+        message = stream.next_message(now_ms)
+        if message is None:
+            continue
+        if message.topic.endswith("/status"):
+            run.status.append((now_ms, message.source_id, message.payload.decode()))
+            continue
+        run.telemetry_at[message.source_id].append(now_ms)
+        if message.bad is not None:
+            continue
+        sector = message.topic.split("/")[2]
+        doc = orjson.loads(message.payload)
+        if message.senml:
+            samples = [(doc[0]["bt"] + r.get("t", 0), r["n"], r["v"]) for r in doc]
+        else:
+            samples = [(doc["ts"] / 1000, k, v) for k, v in doc["values"].items()]
+        for t_s, metric, value in samples:
+            run.readings[(sector, message.source_id, metric)].append(
+                (datetime.fromtimestamp(t_s, UTC), float(value))
+            )
+    return run
+
+
+@pytest.fixture(scope="module")
+def demo_runs() -> dict[str, DemoRun]:
+    """Each profile's demo over 12 minutes, with only the schedule making alerts."""
+    return {name: run_demo(name, 12) for name in PROFILES}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_the_demo_opens_an_alert_within_seconds_then_a_steady_trickle(
+    name: str, demo_runs: dict[str, DemoRun]
+) -> None:
+    run = demo_runs[name]
+    changes = run.changes(load_profile(name))
+    fires = [c for c in changes if c.kind == "fire"]
+    clears = [c for c in changes if c.kind == "clear"]
+    # the first anomaly trips a rule without a hold time a few seconds in
+    assert fires and fires[0].at <= 10, fires[:1]
+    # then one every 30-60 s (and a publish round): never a quiet minute
+    times = [0.0] + [c.at for c in fires] + [12 * 60.0]
+    assert max(b - a for a, b in pairwise(times)) <= DemoSchedule().anomaly_gap_s[1] + 5, times
+    assert 12 <= len(fires) <= 24
+    # and the alerts resolve: each anomaly ends, past the rule's clear point
+    assert len(clears) >= len(fires) - 4
+    # across the sectors
+    assert len({c.sector for c in fires}) >= min(5, len(load_profile(name).sectors) - 1)
+
+
+def test_the_demo_is_the_same_for_the_same_seed() -> None:
+    first = run_demo("bac-lieu", 4, seed=7)
+    again = run_demo("bac-lieu", 4, seed=7)
+    other = run_demo("bac-lieu", 4, seed=8)
+    assert first.stream.demo is not None and again.stream.demo is not None
+    assert first.stream.demo.episodes == again.stream.demo.episodes
+    assert first.stream.demo.outages == again.stream.demo.outages
+    assert first.readings == again.readings
+    assert other.stream.demo is not None
+    assert other.stream.demo.episodes != first.stream.demo.episodes
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_a_camera_goes_offline_long_enough_for_the_silence_rule(
+    name: str, demo_runs: dict[str, DemoRun]
+) -> None:
+    run = demo_runs[name]
+    schedule = DemoSchedule()
+    offline = [(ms, source) for ms, source, payload in run.status if payload == "offline"]
+    online = [(ms, source) for ms, source, payload in run.status if payload == "online"]
+    assert offline and online
+    went_ms, camera = offline[0]
+    back_ms = next(ms for ms, source in online if source == camera)
+    assert camera.split("-")[1] == "security"
+    assert went_ms - run.origin_ms <= (schedule.first_outage_s + 1) * 1000
+    sent = run.telemetry_at[camera]
+    before = max(ms for ms in sent if ms <= went_ms)
+    after = min(ms for ms in sent if ms >= back_ms)
+    # the silence rule (3 x the 60 s interval of its metrics) and a sweep every 15 s have
+    # passed, and the alert shows for a while before the camera is back
+    gap_s = (after - before) / 1000
+    assert gap_s >= 3 * 60 + schedule.sweep_interval_s + 60
+    assert not any(before < ms < after for ms in sent)
+    # and it reports as before, every round
+    assert after - before < 400_000
+
+
+def test_salinity_intrudes_past_both_levels_then_recedes() -> None:
+    """For mekong: warning after its 15 minutes above 1 ‰, raised to critical after 15 above
+    4 ‰, lowered below 3.5 ‰, resolved below 0.8 ‰, all within half an hour."""
+    profile = load_profile("mekong")
+    run = run_demo("mekong", 30)
+    changes = [c for c in run.changes(profile) if c.metric == "salinity"]
+    stations = {c.source for c in changes}
+    assert len(stations) == 1
+    kinds = [(c.kind, c.severity) for c in changes]
+    assert kinds == [
+        ("fire", "warning"),
+        ("raise", "critical"),
+        ("lower", "warning"),
+        ("clear", None),
+    ]
+    fired, raised, lowered, cleared = (c.at for c in changes)
+    assert 15 * 60 <= fired <= 20 * 60
+    assert raised - fired < 5 * 60
+    assert raised < lowered < cleared <= 30 * 60
+    # it rises over a few minutes: no jump, from normal water to past the critical level
+    [station] = stations
+    values = [v for _, v in run.readings[("water", station, "salinity")]]
+    assert values[0] < 1.0
+    assert max(values) > 4.0
+    steps = [abs(b - a) for a, b in pairwise(values)]
+    assert max(steps) < 0.2
+
+
+def test_the_demo_schedule_is_explicit_and_off_by_default() -> None:
+    assert SimulationConfig(profile=load_profile("mekong")).demo is None
+    stream = make_stream(2)
+    list(drive(stream, 100))
+    assert stream.demo is None
+    with pytest.raises(ConfigError, match="anomaly starts"):
+        DemoSchedule(anomaly_starts_s=(20.0, 5.0))
+    with pytest.raises(ConfigError, match="anomaly_gap_s"):
+        DemoSchedule(anomaly_gap_s=(60.0, 30.0))
