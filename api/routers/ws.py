@@ -121,7 +121,8 @@ async def alerts_socket(ws: WebSocket) -> None:
         subscriber.after = max(subscriber.after, since)
     # the last position the client has
     cursor = subscriber.after if since is None or reset is not None else since
-    watcher = asyncio.create_task(_until_gone(ws))
+    waiter = _Waiter()
+    watcher = asyncio.create_task(_until_gone(ws, waiter))
     out.watch()
     try:
         if reset is not None:
@@ -133,13 +134,11 @@ async def alerts_socket(ws: WebSocket) -> None:
                     cursor = event.seq
         cursor = subscriber.after
         await out.json({"type": "live", "cursor": cursor})
-        while not watcher.done():
+        while not (watcher.done() or waiter.gone):
             if subscriber.overflowed.is_set():
                 await out.drop("behind", f"too far behind: resume with since={cursor}")
                 return
-            live = await _next(
-                subscriber.queue, subscriber.overflowed, watcher, ctx.settings.ws_heartbeat_s
-            )
+            live = await _next(subscriber.queue, waiter, ctx.settings.ws_heartbeat_s)
             if isinstance(live, _Quiet):
                 await out.json({"type": "heartbeat", "cursor": cursor})
             elif live is not None:
@@ -231,36 +230,47 @@ class _Quiet:
 QUIET: Final = _Quiet()
 
 
-async def _next(
-    queue: asyncio.Queue[T], overflowed: asyncio.Event, gone: asyncio.Task[None], wait_s: float
-) -> T | _Quiet | None:
-    """The next queued item; QUIET after `wait_s` without one; None as soon as the subscriber
-    overflows or the client left. Nothing is cancelled while it may hold an item: an item
-    taken from the queue is always returned."""
+class _Waiter:
+    """A handler's wait for its next item: one queue read under one deadline (no task, no
+    `asyncio.wait`, per message: with hundreds of clients keeping up, each event wakes each
+    one), cut short when the client leaves."""
+
+    def __init__(self) -> None:
+        self.deadline: asyncio.Timeout | None = None
+        self.gone = False
+
+    def wake(self) -> None:
+        """The client left: end the wait now."""
+        self.gone = True
+        if self.deadline is not None:
+            self.deadline.reschedule(asyncio.get_running_loop().time())
+
+
+async def _next(queue: asyncio.Queue[T], waiter: _Waiter, wait_s: float) -> T | _Quiet | None:
+    """The next queued item; QUIET after `wait_s` without one; None once the client left. A
+    read cut by its deadline takes nothing from the queue (asyncio.Queue.get), so no item is
+    lost. (A subscriber overflows only while its queue is full, never during this wait.)"""
     if not queue.empty():
         return queue.get_nowait()
-    waiting = asyncio.ensure_future(queue.get())
-    flag = asyncio.ensure_future(overflowed.wait())
-    try:
-        await asyncio.wait(
-            {waiting, flag, gone}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        flag.cancel()
-        if not waiting.done():
-            waiting.cancel()
-    if waiting.done() and not waiting.cancelled():
-        return waiting.result()
-    if overflowed.is_set() or gone.done():
+    if waiter.gone:
         return None
-    return QUIET
+    try:
+        async with asyncio.timeout(wait_s) as waiter.deadline:
+            return await queue.get()
+    except TimeoutError:
+        return None if waiter.gone else QUIET
+    finally:
+        waiter.deadline = None
 
 
-async def _until_gone(ws: WebSocket) -> None:
-    """Read (and ignore) what the client sends until it closes."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while (await ws.receive())["type"] != "websocket.disconnect":
-            pass
+async def _until_gone(ws: WebSocket, waiter: _Waiter) -> None:
+    """Read (and ignore) what the client sends until it closes; then wake the handler."""
+    try:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass
+    finally:
+        waiter.wake()
 
 
 @router.websocket("/ws/live")
@@ -276,18 +286,17 @@ async def live_socket(ws: WebSocket) -> None:
         await out.refuse(refused)
         return
     subscriber = live.subscribe(principal.sectors)
-    watcher = asyncio.create_task(_until_gone(ws))
+    waiter = _Waiter()
+    watcher = asyncio.create_task(_until_gone(ws, waiter))
     out.watch()
     try:
         sectors = [s for s in await live.snapshot() if principal.can_see(s["id"])]
         await out.json({"type": "snapshot", "sectors": sectors})
-        while not watcher.done():
+        while not (watcher.done() or waiter.gone):
             if subscriber.overflowed.is_set():
                 await out.drop("behind", "too far behind: reconnect for a new snapshot")
                 return
-            sector = await _next(
-                subscriber.queue, subscriber.overflowed, watcher, ctx.settings.ws_heartbeat_s
-            )
+            sector = await _next(subscriber.queue, waiter, ctx.settings.ws_heartbeat_s)
             if isinstance(sector, _Quiet):
                 await out.json({"type": "heartbeat"})
             elif sector is not None:

@@ -5,10 +5,12 @@ scope, and a client too far behind closed with 4408 while another keeps receivin
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pytest
@@ -19,7 +21,7 @@ from alerts import actions
 from ioc.db import libpq_url
 from tests.api.test_feed import PER_WRITER, WRITERS, _alerts, _committed, _write
 from tests.support.api import make_key
-from tests.support.ingest import query
+from tests.support.ingest import query, wait_until
 from tests.support.server import served
 
 TIMEOUT_S = 30
@@ -190,3 +192,22 @@ async def test_a_cursor_that_cannot_be_replayed_gets_a_reset_then_live(synced_db
         async with connect(f"{url}&since={_committed(synced_db, 0)[-4]}") as ws:
             got = await _messages(ws, lambda out: out and out[-1]["type"] == "live")
         assert [m["type"] for m in got] == ["event", "event", "event", "live"]
+
+
+async def test_a_client_that_leaves_is_let_go_at_once_not_at_the_next_heartbeat(
+    synced_db: str,
+) -> None:
+    key = make_key(synced_db, "viewer")
+
+    def connected(base: str) -> float:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        found = re.search(r'^ioc_ws_clients\{stream="alerts"\} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    with served(synced_db, ws_heartbeat_s=600) as base:
+        before = connected(base)
+        async with connect(f"{base.replace('http://', 'ws://')}/ws/alerts?key={key}") as ws:
+            await _messages(ws, lambda out: bool(out))  # live
+            assert connected(base) == before + 1
+        # its handler and queue are released when it closes, not 600 s later
+        wait_until(lambda: connected(base) == before, timeout_s=10, what="the client let go")
