@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from alerts.notify import EVENTS_AFTER, event_document
+from api.background import Background
 from ioc.db import libpq_url
 
 log = logging.getLogger("ioc.api.feed")
@@ -107,20 +108,17 @@ class AlertFeed:
         self.poll_s = poll_s
         self.position = 0
         self.subscribers: set[Subscriber] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._runner = Background(self._run, "alert-feed")
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
         """Connect, LISTEN and start reading from the newest event."""
         await self._connect()
-        self._task = asyncio.create_task(self._run(), name="alert-feed")
+        self._runner.ensure()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._runner.stop()
         if self._conn is not None:
             await self._conn.close()
 

@@ -7,13 +7,13 @@ while anyone listens, and hands each changed sector to every client allowed to s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from api.background import Background
 from api.routers.overview import SectorOverview
 
 log = logging.getLogger("ioc.api.live")
@@ -57,7 +57,7 @@ class LivePanels:
         self.tick_s = tick_s
         self.subscribers: set[PanelSubscriber] = set()
         self._last: dict[str, tuple[Any, float]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._runner = Background(self._run, "live-panels")
 
     async def snapshot(self) -> list[dict[str, Any]]:
         """Every sector as it is now (JSON-ready)."""
@@ -66,18 +66,14 @@ class LivePanels:
     def subscribe(self, sectors: frozenset[str] | None) -> PanelSubscriber:
         subscriber = PanelSubscriber(sectors)
         self.subscribers.add(subscriber)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="live-panels")
+        self._runner.ensure()
         return subscriber
 
     def unsubscribe(self, subscriber: PanelSubscriber) -> None:
         self.subscribers.discard(subscriber)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._runner.stop()
 
     async def _run(self) -> None:
         while self.subscribers:

@@ -9,9 +9,10 @@ the sender turns into `Stalled`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import Final
+
+from api.background import Background
 
 
 class Stalled(Exception):
@@ -36,7 +37,7 @@ class Stalls:
         self.timeout_s = timeout_s
         self.tick_s: Final = min(1.0, timeout_s / 2)
         self._watched: set[Sending] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._runner = Background(self._run, "ws-stalls")
 
     def watch(self) -> Sending:
         """Watch the current task's sends until `forget`."""
@@ -44,19 +45,14 @@ class Stalls:
         assert task is not None
         sending = Sending(task)
         self._watched.add(sending)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ws-stalls")
+        self._runner.ensure()
         return sending
 
     def forget(self, sending: Sending) -> None:
         self._watched.discard(sending)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._runner.stop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -16,13 +16,15 @@ from ingest.events import TIME_ERROR, EventIn
 from ingest.timestamps import EARLIEST, MAX_EPOCH_S, parse_time
 from ingest.topics import Topic, parse_topic
 from ioc.errors import DecodeError
+from ioc.vocabulary import SourceStatus
 
 # RFC 8428 section 4.5.3: a SenML time below 2**28 is relative to now.
 SENML_RELATIVE_LIMIT_S: Final = 2**28
 # RFC 8428 section 4.4: the SenML version this decoder implements; a pack of a later one is
 # refused as a whole.
 SENML_VERSION: Final = 10
-STATUSES: Final = ("online", "offline")
+STATUSES: Final = frozenset({SourceStatus.ONLINE.value, SourceStatus.OFFLINE.value})
+"""What a status message may say of its source (`unknown` is the server's word, not a source's)."""
 # The longest metric name stored (catalogue ids have at most 63 characters).
 MAX_METRIC_CHARS: Final = 64
 _MAX_DETAIL_CHARS: Final = 300

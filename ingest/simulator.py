@@ -49,7 +49,7 @@ from ingest.simulator_places import place_sources
 from ioc.catalogue import Profile
 from ioc.errors import BrokerError, ConfigError
 from ioc.mqtt import Protocol, paho_client, parse_mqtt_url
-from ioc.vocabulary import TOPIC_ROOT
+from ioc.vocabulary import TOPIC_ROOT, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class MessageStream:
         demo = self.config.demo
         return demo is not None and bool(intrusion_stations(self.sources, demo.intrusion_metric))
 
-    def status(self, payload: str) -> list[Message]:
+    def status(self, payload: SourceStatus) -> list[Message]:
         """One status message (`online` or `offline`) per source."""
         return [
             Message(topic(s.sector_id, s.source_id, "status"), payload.encode(), s.source_id)
@@ -259,7 +259,7 @@ class MessageStream:
                     topic(source.sector_id, source.source_id, "status"),
                     status.encode(),
                     source.source_id,
-                    outage_started=outage if status == "offline" else None,
+                    outage_started=outage if status is SourceStatus.OFFLINE else None,
                 )
             )
         return self._status_due.popleft() if self._status_due else None
@@ -476,7 +476,7 @@ class TelemetryPublisher:
         client = self._connect()
         try:
             with self._display():
-                for message in self.stream.status("online"):
+                for message in self.stream.status(SourceStatus.ONLINE):
                     if not self._send(client, message, deadline=None):
                         break
                 try:
@@ -489,7 +489,7 @@ class TelemetryPublisher:
                     self._ended_at = time.monotonic()
                 # A clean stop looks like every gateway signing off.
                 end_by = time.monotonic() + DRAIN_TIMEOUT_S
-                for message in self.stream.status("offline"):
+                for message in self.stream.status(SourceStatus.OFFLINE):
                     if not self._send(client, message, deadline=end_by):
                         break
                 self._drain(time.monotonic() + DRAIN_TIMEOUT_S)

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from alerts.rules import SILENCE_FACTOR_DEFAULT
 from ioc.catalogue import Metric, Profile, Threshold
 from ioc.errors import ConfigError
-from ioc.vocabulary import Direction, Severity
+from ioc.vocabulary import Direction, Severity, SourceStatus
 
 HOUR_S = 3600
 # Tidal constituents of the South China Sea coast: M2 (lunar semi-diurnal) dominates the
@@ -861,7 +861,7 @@ def intrusion_stations(sources: Sequence[SourcePlan], metric_id: str) -> list[So
     ]
 
 
-StatusChange = tuple[SourcePlan, Literal["offline", "online"], Outage]
+StatusChange = tuple[SourcePlan, SourceStatus, Outage]
 
 _STREAMS = ("anomaly", "intrusion", "outage")
 
@@ -919,7 +919,7 @@ class DemoPlan:
             "intrusion": origin + schedule.first_intrusion_s if self._stations else math.inf,
             "outage": origin + schedule.first_outage_s,
         }
-        self._changes: list[tuple[float, int, str, str]] = []  # a heap of status changes
+        self._changes: list[tuple[float, int, str, SourceStatus]] = []  # a heap of status changes
         self._change_seq = 0
         self.episodes: list[Episode] = []
         self.outages: list[Outage] = []
@@ -950,9 +950,8 @@ class DemoPlan:
         self.plan_until(t_s)
         due: list[StatusChange] = []
         while self._changes and self._changes[0][0] <= t_s:
-            at, _, key, payload = heapq.heappop(self._changes)
+            at, _, key, status = heapq.heappop(self._changes)
             outage = next(o for o in self._busy[key].outages if o.start_s <= at <= o.end_s)
-            status: Literal["offline", "online"] = "offline" if payload == "offline" else "online"
             due.append((self._sources[key], status, outage))
         return due
 
@@ -1074,9 +1073,12 @@ class DemoPlan:
         outage = Outage(camera.key, at, at + schedule.outage_s(camera.expected_interval_s))
         self._busy[camera.key].outages.append(outage)
         self.outages.append(outage)
-        for when, payload in ((outage.start_s, "offline"), (outage.end_s, "online")):
+        for when, status in (
+            (outage.start_s, SourceStatus.OFFLINE),
+            (outage.end_s, SourceStatus.ONLINE),
+        ):
             self._change_seq += 1
-            heapq.heappush(self._changes, (when, self._change_seq, camera.key, payload))
+            heapq.heappush(self._changes, (when, self._change_seq, camera.key, status))
         return outage.end_s + schedule.outage_gap_s
 
     def _add(self, source: SourcePlan, episode: Episode) -> None:

@@ -151,9 +151,7 @@ async def alerts_socket(ws: WebSocket) -> None:
     finally:
         out.forget()
         feed.unsubscribe(subscriber)
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-            await watcher
+        await _stop_watching(watcher)
 
 
 _UNRESUMABLE: Final = text(
@@ -273,6 +271,12 @@ async def _until_gone(ws: WebSocket, waiter: _Waiter) -> None:
         waiter.wake()
 
 
+async def _stop_watching(watcher: asyncio.Task[None]) -> None:
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+        await watcher
+
+
 @router.websocket("/ws/live")
 async def live_socket(ws: WebSocket) -> None:
     """Every visible sector's panel first (`snapshot`), then each sector again (`sector`)
@@ -308,6 +312,4 @@ async def live_socket(ws: WebSocket) -> None:
     finally:
         out.forget()
         live.unsubscribe(subscriber)
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-            await watcher
+        await _stop_watching(watcher)
